@@ -1,0 +1,77 @@
+"""onednn dialect: PyTorch's ``onednn`` engine's quantized Linear, bit for bit (static).
+
+Static (eq. 5, float32 form). oneDNN receives each scale as a float32 reciprocal and
+inverts it back, scales the accumulator in float32 in a fixed order, adds the float bias
+*after* scaling and the output zero point *before* rounding:
+  ``sx' = f32(1 / f32(1 / sx))``, ``sw' = f32(1 / f32(1 / sw[n]))``, ``inv_sy = f32(1 / sy)``
+  ``y_q = clamp(rne(f32(f32(f32(f32(f32(acc) * sx') * sw') + b) * inv_sy) + zy), 0, 255)``.
+The multiplication order ``(acc * sx) * sw`` matters. Fused ReLU clamps below at ``zy``.
+Dynamic: see ``linear_dynamic``. Proven in tests/equivalence/test_onednn.py.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..floatops import f32
+from ._base import accumulate, as_column
+from .pytorch import choose_qparams, qrange, quantize, tensor_range
+
+NAME = "onednn"
+__all__ = ["NAME", "choose_qparams", "quantize", "prerounding", "requantize", "linear",
+           "linear_dynamic", "dynamic_output"]
+
+
+def _round_trip(scale: Tensor) -> Tensor:
+    """``f32(1 / f32(1 / s))``: a scale after oneDNN's reciprocal round trip."""
+    one = f32(1.0)
+    return one / (one / f32(scale))
+
+
+def prerounding(acc: Tensor, x_scale: float, w_scale: Tensor | float, bias: Tensor | None,
+                y_scale: float, y_zero_point: int = 0) -> Tensor:
+    """The float32 value that is rounded to give ``y_q`` (zero point included)."""
+    n = acc.shape[-1]
+    sx = _round_trip(torch.tensor(x_scale, dtype=torch.float64))
+    sw = _round_trip(as_column(w_scale, n, torch.float64))
+    v = (f32(acc) * sx) * sw  # (M, N) float32, in this order
+    if bias is not None:
+        v = v + f32(bias)
+    return v * (f32(1.0) / f32(y_scale)) + f32(float(y_zero_point))
+
+
+def requantize(acc: Tensor, x_scale: float, w_scale: Tensor | float, bias: Tensor | None,
+               y_scale: float, y_zero_point: int, relu: bool = False) -> Tensor:
+    """int32 accumulators to uint8: ``clamp(rne(prerounding), lo, 255)`` (lo = zy with ReLU)."""
+    qmin, qmax = qrange(torch.uint8)
+    y = torch.round(prerounding(acc, x_scale, w_scale, bias, y_scale, y_zero_point)).to(torch.float64)
+    return y.clamp(y_zero_point if relu else qmin, qmax).to(torch.int64).to(torch.uint8)
+
+
+def linear(x_q: Tensor, x_scale: float, x_zero_point: int, w_q: Tensor, w_scale: Tensor | float,
+           w_zero_point: Tensor | int, bias: Tensor | None, y_scale: float, y_zero_point: int,
+           relu: bool = False) -> Tensor:
+    """Static quantized Linear: uint8 (M, K) x int8 (N, K) -> uint8 (M, N)."""
+    acc = accumulate(x_q, x_zero_point, w_q, w_zero_point, NAME)  # (M, N)
+    return requantize(acc, x_scale, w_scale, bias, y_scale, y_zero_point, relu)
+
+
+def dynamic_output(acc: Tensor, x_scale: float, w_scale: Tensor | float, bias: Tensor | None,
+                   relu: bool = False) -> Tensor:
+    """Float32 output of the dynamic Linear: ``f32(f32(acc) * sx) * sw + b``."""
+    sw = f32(as_column(w_scale, acc.shape[-1], torch.float64))
+    y = (f32(acc) * f32(x_scale)) * sw
+    if bias is not None:
+        y = y + f32(bias)
+    return y.clamp_min(0.0) if relu else y
+
+
+def linear_dynamic(x: Tensor, w_q: Tensor, w_scale: Tensor | float, w_zero_point: Tensor | int,
+                   bias: Tensor | None, reduce_range: bool = False, relu: bool = False) -> Tensor:
+    """Dynamic quantized Linear: float32 (M, K) -> float32 (M, N)."""
+    x_min, x_max = tensor_range(x, f"{NAME} dynamic linear: input")
+    x_scale, x_zp = choose_qparams(x_min, x_max, 0, 255, reduce_range)
+    x_q = quantize(x, x_scale, x_zp, torch.uint8)
+    acc = accumulate(x_q, x_zp, w_q, w_zero_point, NAME)
+    return dynamic_output(acc, x_scale, w_scale, bias, relu)
