@@ -20,7 +20,7 @@ from ._base import accumulate, as_column
 from .pytorch import choose_qparams, qrange, quantize, tensor_range
 
 NAME = "fbgemm"
-__all__ = ["NAME", "choose_qparams", "quantize", "prerounding", "requantize", "linear",
+__all__ = ["NAME", "choose_qparams", "quantize", "tensor_range", "prerounding", "requantize", "linear",
            "linear_dynamic", "dynamic_output"]
 
 

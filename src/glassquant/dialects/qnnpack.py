@@ -21,7 +21,7 @@ from ._base import accumulate, as_column, check_int32
 from .pytorch import choose_qparams, qrange, quantize, tensor_range
 
 NAME = "qnnpack"
-__all__ = ["NAME", "choose_qparams", "quantize", "quantize_bias", "prerounding", "requantize",
+__all__ = ["NAME", "choose_qparams", "quantize", "tensor_range", "quantize_bias", "prerounding", "requantize",
            "linear", "linear_dynamic", "dynamic_output"]
 
 

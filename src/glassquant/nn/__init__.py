@@ -1,0 +1,5 @@
+"""Integer layers."""
+
+from .linear import DynamicQuantLinear, QuantLinear
+
+__all__ = ["QuantLinear", "DynamicQuantLinear"]
