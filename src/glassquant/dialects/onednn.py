@@ -3,9 +3,12 @@
 Static (eq. 5, float32 form). oneDNN receives each scale as a float32 reciprocal and
 inverts it back, scales the accumulator in float32 in a fixed order, adds the float bias
 *after* scaling and the output zero point *before* rounding:
-  ``sx' = f32(1 / f32(1 / sx))``, ``sw' = f32(1 / f32(1 / sw[n]))``, ``inv_sy = f32(1 / sy)``
+  ``sx' = f32(1 / f32(1 / f64(sx)))``, ``sw' = f32(1 / f32(1 / f64(sw[n])))``,
+  ``inv_sy = f32(1 / f32(1 / f32(1 / f64(sy))))`` (PyTorch passes ``1/sy`` in double, ideep
+  inverts it to oneDNN's convention, the kernel inverts it back)
   ``y_q = clamp(rne(f32(f32(f32(f32(f32(acc) * sx') * sw') + b) * inv_sy) + zy), 0, 255)``.
-The multiplication order ``(acc * sx) * sw`` matters. Fused ReLU clamps below at ``zy``.
+The multiplication order ``(acc * sx) * sw`` matters, and so does each reciprocal of ``sy``:
+``f32(1) / f32(sy)`` or ``f32(1 / f64(sy))`` alone each miss a few percent of forced ties. Fused ReLU clamps below at ``zy``.
 Dynamic: see ``linear_dynamic``. Proven in tests/equivalence/test_onednn.py.
 """
 
@@ -23,22 +26,27 @@ __all__ = ["NAME", "choose_qparams", "quantize", "tensor_range", "prerounding", 
            "linear_dynamic", "dynamic_output"]
 
 
-def _round_trip(scale: Tensor) -> Tensor:
-    """``f32(1 / f32(1 / s))``: a scale after oneDNN's reciprocal round trip."""
-    one = f32(1.0)
-    return one / (one / f32(scale))
+def _recip_f64(scale: Tensor | float) -> Tensor:
+    """``f32(1 / f64(s))``: the reciprocal PyTorch hands to oneDNN, formed in double."""
+    return f32(1.0 / torch.as_tensor(scale, dtype=torch.float64))
+
+
+def _round_trip(scale: Tensor | float) -> Tensor:
+    """``f32(1 / f32(1 / f64(s)))``: a scale after oneDNN inverts PyTorch's reciprocal."""
+    return f32(1.0) / _recip_f64(scale)
 
 
 def prerounding(acc: Tensor, x_scale: float, w_scale: Tensor | float, bias: Tensor | None,
                 y_scale: float, y_zero_point: int = 0) -> Tensor:
     """The float32 value that is rounded to give ``y_q`` (zero point included)."""
     n = acc.shape[-1]
-    sx = _round_trip(torch.tensor(x_scale, dtype=torch.float64))
+    sx = _round_trip(float(x_scale))
     sw = _round_trip(as_column(w_scale, n, torch.float64))
     v = (f32(acc) * sx) * sw  # (M, N) float32, in this order
     if bias is not None:
         v = v + f32(bias)
-    return v * (f32(1.0) / f32(y_scale)) + f32(float(y_zero_point))
+    inv_y_scale = f32(1.0) / _round_trip(float(y_scale))  # three reciprocals: f64, f32, f32
+    return v * inv_y_scale + f32(float(y_zero_point))
 
 
 def requantize(acc: Tensor, x_scale: float, w_scale: Tensor | float, bias: Tensor | None,
