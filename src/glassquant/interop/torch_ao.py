@@ -126,3 +126,58 @@ def dynamic_linear_to_ao(layer: Any) -> Any:
 
 
 engine_ctx = engine
+
+
+def minmax_qconfig(engine_name: str, per_channel: bool, reduce_range: bool) -> Any:
+    """torch.ao QConfig with min/max observers matching a glassquant ``StaticConfig``."""
+    _require()
+    import torch.ao.quantization as tq
+
+    weight = (tq.PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+              if per_channel else
+              tq.MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric))
+    act = tq.MinMaxObserver.with_args(dtype=torch.quint8, reduce_range=reduce_range)
+    return tq.QConfig(activation=act, weight=weight)
+
+
+def eager_ptq(model: torch.nn.Sequential, calibration: list[Tensor], engine_name: str, *,
+              per_channel: bool, reduce_range: bool) -> torch.nn.Module:
+    """torch.ao eager post-training quantization of a float ``nn.Sequential`` (a copy):
+    QuantStub / DeQuantStub around it, Linear+ReLU pairs fused, min/max observers."""
+    _require()
+    import copy
+
+    import torch.ao.quantization as tq
+
+    from ..convert import linear_relu_pairs
+
+    with engine_ctx(engine_name):
+        body = copy.deepcopy(model).eval()
+        m = torch.nn.Sequential(tq.QuantStub(), body, tq.DeQuantStub()).eval()
+        pairs = [[f"1.{a}", f"1.{b}"] for a, b in linear_relu_pairs(body).items()]
+        if pairs:
+            tq.fuse_modules(m, pairs, inplace=True)
+        m.qconfig = minmax_qconfig(engine_name, per_channel, reduce_range)
+        tq.prepare(m, inplace=True)
+        with torch.no_grad():
+            for b in calibration:
+                m(b)
+        tq.convert(m, inplace=True)
+    return m
+
+
+def integer_outputs(model: torch.nn.Module, x: Tensor, engine_name: str) -> dict[str, Tensor]:
+    """Each quantized Linear's output integers, keyed by the float model's layer name."""
+    outs: dict[str, Tensor] = {}
+    handles = []
+    for n, mod in model.named_modules():
+        if hasattr(mod, "_packed_params") and n.startswith("1."):
+            handles.append(mod.register_forward_hook(
+                lambda m, a, y, n=n[2:]: outs.__setitem__(n, y.int_repr())))
+    try:
+        with engine_ctx(engine_name), torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return outs

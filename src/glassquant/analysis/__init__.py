@@ -1,0 +1,1 @@
+"""Analysis: traces of single outputs, overflow certificates."""
