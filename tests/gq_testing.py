@@ -107,7 +107,7 @@ def random_static_case(g: torch.Generator, m: int, k: int, n: int, *, per_channe
     return StaticCase(x_q, x_scale, x_zp, w_q, w_scale, w_zp, bias, y_scale, y_zp, relu)
 
 
-def force_ties(c: StaticCase, prerounding, span: int = 256) -> int:  # noqa: ANN001
+def force_ties(c: StaticCase, prerounding, span: int = 256) -> int:
     """Re-choose the bias so that, in row ``n % M`` of column ``n``, the dialect's value before
     rounding is exactly ``j + 0.5`` — an adversarial tie the engine must break the same way.
 
@@ -147,7 +147,7 @@ STATIC_SHAPES = [
 ]
 
 
-def static_suite(engine: str, dialect, per_channel: bool, seed: int = 0) -> dict[str, int]:  # noqa: ANN001
+def static_suite(engine: str, dialect, per_channel: bool, seed: int = 0) -> dict[str, int]:
     """Run every STATIC_SHAPES case (reduce_range on and off, ReLU on some) through the real
     engine and the dialect; returns counts of outputs, mismatches and forced ties."""
     g = torch.Generator().manual_seed(seed)
@@ -196,7 +196,7 @@ def dynamic_inputs(g: torch.Generator) -> list[Tensor]:
     return xs
 
 
-def dynamic_cases(g: torch.Generator, per_channel: bool):  # noqa: ANN201
+def dynamic_cases(g: torch.Generator, per_channel: bool):
     """Yield ``(x, w_q, w_scale, w_zero_point, bias, reduce_range)`` for the dynamic suite."""
     for i, x in enumerate(dynamic_inputs(g)):
         k = x.shape[1]
@@ -215,12 +215,12 @@ class HalfAwayMutant:
     The suites must catch it; otherwise they could not tell the true rule from a plausible one.
     """
 
-    def __init__(self, dialect) -> None:  # noqa: ANN001
+    def __init__(self, dialect) -> None:
         self.d = dialect
         self.prerounding = dialect.prerounding
 
     def linear(self, x_q, x_scale, x_zero_point, w_q, w_scale, w_zero_point, bias, y_scale, y_zero_point,
-               relu=False):  # noqa: ANN001, ANN201
+               relu=False):
         from glassquant.rounding import round_half_away
 
         ref = self.d.linear(x_q, x_scale, x_zero_point, w_q, w_scale, w_zero_point, bias, y_scale, y_zero_point,
@@ -229,11 +229,11 @@ class HalfAwayMutant:
         pre = self.d.prerounding(acc, x_scale, w_scale, bias, y_scale)
         tie = (pre - torch.floor(pre)) == 0.5
         bumped = (round_half_away(pre) - torch.round(pre)).to(torch.int64)
-        return torch.where(tie & (ref > 0) & (ref < 255), (ref.to(torch.int64) + bumped).clamp(0, 255), ref.to(torch.int64)
-                           ).to(torch.uint8)
+        ref64 = ref.to(torch.int64)
+        return torch.where(tie & (ref > 0) & (ref < 255), (ref64 + bumped).clamp(0, 255), ref64).to(torch.uint8)
 
 
-def dynamic_suite(engine: str, dialect, per_channel: bool, seed: int = 0):  # noqa: ANN001, ANN201
+def dynamic_suite(engine: str, dialect, per_channel: bool, seed: int = 0):
     """Yield ``(reference float output, dialect float output, case)`` for every dynamic case."""
     g = torch.Generator().manual_seed(seed)
     for x, w_q, w_scale, w_zp, bias, reduce_range in dynamic_cases(g, per_channel):

@@ -8,6 +8,7 @@ following ``nn.ReLU`` in an ``nn.Sequential`` fused into it (as torch.ao's
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,7 @@ class StaticConfig:
 
     engine: str = "x86"
     weight: QScheme = WEIGHT_PER_CHANNEL
-    activation: QScheme = QScheme(bits=7, signed=False)
+    activation: QScheme = field(default_factory=lambda: QScheme(bits=7, signed=False))
 
     def __post_init__(self) -> None:
         dialects.get(self.engine)
@@ -91,7 +92,7 @@ def linear_relu_pairs(model: nn.Module) -> dict[str, str]:
     for prefix, mod in model.named_modules():
         if isinstance(mod, nn.Sequential):
             names = list(mod._modules)
-            for a, b in zip(names, names[1:]):
+            for a, b in itertools.pairwise(names):
                 if isinstance(mod._modules[a], nn.Linear) and isinstance(mod._modules[b], nn.ReLU):
                     p = f"{prefix}." if prefix else ""
                     pairs[p + a] = p + b

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from gq_testing import HalfAwayMutant, dynamic_suite, needs_torch_ao, static_suite
 
 from glassquant.dialects import qnnpack as dialect
+
+from gq_testing import HalfAwayMutant, dynamic_suite, needs_torch_ao, static_suite
 
 pytestmark = needs_torch_ao
 ENGINES = ["qnnpack"]

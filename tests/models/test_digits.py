@@ -6,13 +6,14 @@ import copy
 
 import pytest
 import torch
-from gq_testing import needs_torch_ao
 from torch import nn
 
 import glassquant as gq
 from glassquant import convert
 from glassquant.demo import digits
 from glassquant.interop import torch_ao
+
+from gq_testing import needs_torch_ao
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from gq_testing import needs_torch_ao
 from rich.console import Console
 
 from glassquant import cli
 from glassquant.demo import tour
+
+from gq_testing import needs_torch_ao
 
 
 @needs_torch_ao
@@ -28,7 +29,8 @@ def test_demo_tour_reports_zero_mismatches(tmp_path: Path, monkeypatch: pytest.M
     assert again["int8_accuracy"] == result["int8_accuracy"]
 
 
-def test_cli_demo_exit_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_demo_exit_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                            capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("GLASSQUANT_CACHE", str(tmp_path))
     assert cli.main(["demo"]) == 0
     assert "One output integer accounted for" in capsys.readouterr().out

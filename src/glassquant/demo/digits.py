@@ -37,7 +37,7 @@ def load_digits_split(test_fraction: float = 0.25) -> Digits:
     x = torch.tensor(data.data, dtype=torch.float32) / 16.0  # (1797, 64)
     y = torch.tensor(data.target, dtype=torch.int64)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(SEED))
-    n_test = int(round(len(x) * test_fraction))
+    n_test = round(len(x) * test_fraction)
     test, train = perm[:n_test], perm[n_test:]
     return Digits(x[train], y[train], x[test], y[test])
 

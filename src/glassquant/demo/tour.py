@@ -87,8 +87,7 @@ def digits_part(console: Console, engine: str = "x86") -> dict[str, float | int]
                       f"final float outputs identical: {bool(result['final_outputs_equal'])}")
     else:
         console.print(f"[yellow]torch.ao comparison skipped: {why}[/yellow]")
-    layer = gq[0]
-    assert isinstance(layer, QuantLinear)
+    layer = next(m for m in gq.modules() if isinstance(m, QuantLinear))
     x_q = layer.quantize_input(data.x_test[:1])
     tt = Table(title="One output integer accounted for: layer 0, image 0, neuron 0")
     for col in ("step", "value", "rule"):

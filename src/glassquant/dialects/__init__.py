@@ -23,4 +23,4 @@ def get(engine: str) -> ModuleType:
         raise ValueError(f"unknown engine {engine!r}; choose one of {sorted(ENGINES)}") from None
 
 
-__all__ = ["ENGINES", "get", "fbgemm", "qnnpack", "onednn"]
+__all__ = ["ENGINES", "fbgemm", "get", "onednn", "qnnpack"]

@@ -20,8 +20,17 @@ from ._base import accumulate, as_column
 from .pytorch import choose_qparams, qrange, quantize, tensor_range
 
 NAME = "fbgemm"
-__all__ = ["NAME", "choose_qparams", "quantize", "tensor_range", "prerounding", "requantize", "linear",
-           "linear_dynamic", "dynamic_output"]
+__all__ = [
+    "NAME",
+    "choose_qparams",
+    "dynamic_output",
+    "linear",
+    "linear_dynamic",
+    "prerounding",
+    "quantize",
+    "requantize",
+    "tensor_range",
+]
 
 
 def prerounding(acc: Tensor, x_scale: float, w_scale: Tensor | float, bias: Tensor | None,

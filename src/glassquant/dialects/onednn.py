@@ -4,11 +4,13 @@ Static (eq. 5, float32 form). oneDNN receives each scale as a float32 reciprocal
 inverts it back, scales the accumulator in float32 in a fixed order, adds the float bias
 *after* scaling and the output zero point *before* rounding:
   ``sx' = f32(1 / f32(1 / f64(sx)))``, ``sw' = f32(1 / f32(1 / f64(sw[n])))``,
-  ``inv_sy = f32(1 / f32(1 / f32(1 / f64(sy))))`` (PyTorch passes ``1/sy`` in double, ideep
+  ``inv_sy = f32(1 / f32(1 / f32(1 / f64(sy))))``
+  (PyTorch passes ``1/sy`` in double, ideep
   inverts it to oneDNN's convention, the kernel inverts it back)
   ``y_q = clamp(rne(f32(f32(f32(f32(f32(acc) * sx') * sw') + b) * inv_sy) + zy), 0, 255)``.
 The multiplication order ``(acc * sx) * sw`` matters, and so does each reciprocal of ``sy``:
-``f32(1) / f32(sy)`` or ``f32(1 / f64(sy))`` alone each miss a few percent of forced ties. Fused ReLU clamps below at ``zy``.
+``f32(1) / f32(sy)`` or ``f32(1 / f64(sy))`` alone each miss a few percent of forced ties.
+Fused ReLU clamps below at ``zy``.
 Dynamic: see ``linear_dynamic``. Proven in tests/equivalence/test_onednn.py.
 """
 
@@ -22,8 +24,17 @@ from ._base import accumulate, as_column
 from .pytorch import choose_qparams, qrange, quantize, tensor_range
 
 NAME = "onednn"
-__all__ = ["NAME", "choose_qparams", "quantize", "tensor_range", "prerounding", "requantize", "linear",
-           "linear_dynamic", "dynamic_output"]
+__all__ = [
+    "NAME",
+    "choose_qparams",
+    "dynamic_output",
+    "linear",
+    "linear_dynamic",
+    "prerounding",
+    "quantize",
+    "requantize",
+    "tensor_range",
+]
 
 
 def _recip_f64(scale: Tensor | float) -> Tensor:

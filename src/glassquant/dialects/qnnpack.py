@@ -21,8 +21,18 @@ from ._base import accumulate, as_column, check_int32
 from .pytorch import choose_qparams, qrange, quantize, tensor_range
 
 NAME = "qnnpack"
-__all__ = ["NAME", "choose_qparams", "quantize", "tensor_range", "quantize_bias", "prerounding", "requantize",
-           "linear", "linear_dynamic", "dynamic_output"]
+__all__ = [
+    "NAME",
+    "choose_qparams",
+    "dynamic_output",
+    "linear",
+    "linear_dynamic",
+    "prerounding",
+    "quantize",
+    "quantize_bias",
+    "requantize",
+    "tensor_range",
+]
 
 
 def quantize_bias(bias: Tensor, x_scale: float, w_scale: Tensor | float) -> Tensor:

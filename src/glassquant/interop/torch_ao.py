@@ -19,9 +19,9 @@ from torch import Tensor
 def available() -> tuple[bool, str]:
     """Whether this torch still ships torch.ao quantized Linear and its engines, and why not."""
     try:
-        import torch.ao.nn.quantized  # noqa: F401
-        import torch.ao.nn.quantized.dynamic  # noqa: F401
-        import torch.ao.quantization  # noqa: F401
+        import torch.ao.nn.quantized
+        import torch.ao.nn.quantized.dynamic
+        import torch.ao.quantization
     except ImportError as e:  # pragma: no cover - depends on the torch release
         return False, f"torch {torch.__version__} has no torch.ao quantization ({e})"
     if not hasattr(torch, "quint8") or not hasattr(torch.ops.quantized, "linear"):

@@ -2,4 +2,4 @@
 
 from .linear import DynamicQuantLinear, QuantLinear
 
-__all__ = ["QuantLinear", "DynamicQuantLinear"]
+__all__ = ["DynamicQuantLinear", "QuantLinear"]

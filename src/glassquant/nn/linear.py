@@ -61,6 +61,11 @@ class QuantLinear(nn.Module):
     fused Linear+ReLU (output clamped below at its zero point).
     """
 
+    w_q: Tensor
+    w_scale: Tensor
+    w_zero_point: Tensor
+    bias: Tensor | None
+
     def __init__(self, w_q: Tensor, w_scale: Tensor, w_zero_point: Tensor, bias: Tensor | None,
                  x_scale: float, x_zero_point: int, y_scale: float, y_zero_point: int, *,
                  relu: bool = False, engine: str = "x86", name: str = "QuantLinear",
@@ -175,6 +180,11 @@ class DynamicQuantLinear(nn.Module):
     range (uint8; [0, 127] with ``reduce_range``), quantize, exact accumulators, the engine's
     float output rule.
     """
+
+    w_q: Tensor
+    w_scale: Tensor
+    w_zero_point: Tensor
+    bias: Tensor | None
 
     def __init__(self, w_q: Tensor, w_scale: Tensor, w_zero_point: Tensor, bias: Tensor | None, *,
                  engine: str = "x86", reduce_range: bool = True, relu: bool = False,
