@@ -70,4 +70,7 @@ def choose_qparams(x_min: Tensor, x_max: Tensor, scheme: QScheme) -> tuple[Tenso
         scale = torch.max((hi - lo) / float(qmax - qmin), eps)
         zero_point = qmin - torch.round(lo / scale).to(torch.int32)
         zero_point = torch.clamp(zero_point, qmin, qmax).to(torch.int32)
+    if not bool(torch.isfinite(scale).all()):
+        raise ValueError(f"choose_qparams: range [{float(lo.min())}, {float(hi.max())}] is wider than float32 "
+                         "can hold (scale overflows to inf); rescale the tensor")
     return scale, zero_point
