@@ -93,7 +93,7 @@ def static_linear_to_ao(layer: Any) -> Any:
 
     kind = nniq.LinearReLU if layer.relu else nnq.Linear
     with engine_ctx(layer.engine):
-        m = kind(layer.in_features, layer.out_features, bias_=layer.bias is not None)
+        m = kind(layer.in_features, layer.out_features, layer.bias is not None)
         m.set_weight_bias(make_qweight(layer.w_q, layer.w_scale, layer.w_zero_point), layer.bias)
         m.scale, m.zero_point = layer.y_scale, layer.y_zero_point
     return m

@@ -5,7 +5,7 @@ and the shift, the activation zero point and the weight zero points are put back
 row and column sums (eq. 4 expanded):
   ``x - zx = x_s8 + d`` with ``x_s8 = x - 128``, ``d = 128 - zx``;
   ``acc[m,n] = mm[m,n] - zw[n]*rs[m] + d*cs[n] - d*zw[n]*K``
-with ``mm = x_s8 @ w^T`` (int32, exact while ``K <= 2**17``), ``rs[m] = sum_k x_s8[m,k]``,
+with ``mm = x_s8 @ w^T`` (int32, exact while ``K < 2**17``), ``rs[m] = sum_k x_s8[m,k]``,
 ``cs[n] = sum_k w[n,k]``. Bit-identical to :func:`glassquant.dialects._base.accumulate`
 (tests/unit/test_kernels_cpu.py).
 """
@@ -20,7 +20,7 @@ from torch import Tensor
 from ..dialects._base import as_column, check_int32
 from ..errors import check_integer
 
-_MAX_K = 2**17  # |mm| <= K * 128 * 128 < 2**31
+_MAX_K = 2**17 - 1  # |mm| <= K * 128 * 128 < 2**31
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,10 @@ class PackedWeight:
         n, k = w_q.shape
         if k > _MAX_K:
             raise ValueError(f"PackedWeight: K = {k} > {_MAX_K}; the int32 _int_mm could overflow")
-        return cls(w_t=w_q.t().contiguous(), col_sum=w_q.to(torch.int64).sum(dim=1),
+        # explicit (N, 1) strides: .contiguous() keeps a (1, N) view's strides (1, 1), which
+        # torch._int_mm on CPU misreads
+        w_t = torch.empty((k, n), dtype=torch.int8).copy_(w_q.t())
+        return cls(w_t=w_t, col_sum=w_q.to(torch.int64).sum(dim=1),
                    zero_point=as_column(w_zero_point, n, torch.int64).clone())
 
 
@@ -48,7 +51,7 @@ def accumulate_int_mm(x_q: Tensor, x_zero_point: int, packed: PackedWeight, name
     """Exact accumulators via ``torch._int_mm``; int64 (M, N) holding int32 values.
 
     Numerics: x_q uint8 or int8 (M, K); the matmul in int32 (cannot overflow for
-    K <= 2**17), corrections in int64; raises AccumulatorOverflowError if a result
+    K < 2**17), corrections in int64; raises AccumulatorOverflowError if a result
     leaves int32, like the reference.
     """
     check_integer(x_q, f"{name}: x_q", (torch.uint8, torch.int8))
@@ -56,7 +59,8 @@ def accumulate_int_mm(x_q: Tensor, x_zero_point: int, packed: PackedWeight, name
     if x_q.dim() != 2 or x_q.shape[1] != k:
         raise ValueError(f"{name}: x_q {tuple(x_q.shape)} does not match weight (N, K) = ({n}, {k})")
     shift = 128 if x_q.dtype == torch.uint8 else 0
-    x_s8 = (x_q.to(torch.int16) - shift).to(torch.int8) if shift else x_q  # (M, K) int8
+    x_s8 = torch.empty(x_q.shape, dtype=torch.int8)  # (M, K) with standard strides, see PackedWeight.pack
+    x_s8.copy_((x_q.to(torch.int16) - shift) if shift else x_q)
     d = shift - int(x_zero_point)
     mm = torch._int_mm(x_s8, packed.w_t).to(torch.int64)  # (M, K) @ (K, N) -> (M, N) int32
     rs = x_s8.to(torch.int64).sum(dim=1, keepdim=True)  # (M, 1)
