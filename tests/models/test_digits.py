@@ -22,8 +22,8 @@ def data() -> digits.Digits:
 
 
 @pytest.fixture(scope="module")
-def mlp(data: digits.Digits, tmp_path_factory: pytest.TempPathFactory) -> nn.Sequential:
-    return digits.train_mlp(data)
+def mlp(data: digits.Digits) -> nn.Sequential:
+    return digits.digits_mlp(data)
 
 
 def deep_mlp() -> nn.Sequential:

@@ -84,7 +84,9 @@ def digits_mlp(data: Digits | None = None, hidden: int = 128) -> nn.Sequential:
             path.unlink(missing_ok=True)
     trained = train_mlp(data or load_digits_split(), hidden)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, str(path))
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
     return trained
 
 
