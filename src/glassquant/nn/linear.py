@@ -20,6 +20,7 @@ from ..errors import AccumulatorOverflowError, check_finite, check_integer
 from ..kernels.cpu import PackedWeight, accumulate_int_mm
 from ..qparams import choose_qparams, observe_range
 from ..scheme import QScheme
+from .base import QuantModule, register
 
 #: PyTorch engines' default weight grid: int8, symmetric, one scale per output channel.
 WEIGHT_PER_CHANNEL = QScheme(bits=8, signed=True, symmetric=True, axis=0)
@@ -51,7 +52,8 @@ def quantize_weight(weight: Tensor, scheme: QScheme, engine: str, name: str = "w
     return w_q, scale, zp
 
 
-class QuantLinear(nn.Module):
+@register
+class QuantLinear(QuantModule):
     """Static int8 Linear: ``y_q = requantize(sum_k (x_q - zx)(w_q - zw) + bias)`` (eqs. 3-5).
 
     Buffers: ``w_q`` int8 (N, K); ``w_scale`` float32 (N,) or (1,); ``w_zero_point`` int32;
@@ -61,6 +63,8 @@ class QuantLinear(nn.Module):
     fused Linear+ReLU (output clamped below at its zero point).
     """
 
+    kind = "QuantLinear"
+    meta_fields = ("x_scale", "x_zero_point", "y_scale", "y_zero_point", "relu", "engine", "name")
     w_q: Tensor
     w_scale: Tensor
     w_zero_point: Tensor
@@ -172,7 +176,8 @@ class QuantLinear(nn.Module):
         return torch_ao.static_linear_to_ao(self)
 
 
-class DynamicQuantLinear(nn.Module):
+@register
+class DynamicQuantLinear(QuantModule):
     """Dynamic int8 Linear: activations quantized per call, float32 in and out.
 
     Buffers: ``w_q`` int8 (N, K), ``w_scale`` float32 (N,) or (1,), ``w_zero_point`` int32,
@@ -181,6 +186,8 @@ class DynamicQuantLinear(nn.Module):
     float output rule.
     """
 
+    kind = "DynamicQuantLinear"
+    meta_fields = ("engine", "reduce_range", "relu", "name")
     w_q: Tensor
     w_scale: Tensor
     w_zero_point: Tensor

@@ -1,0 +1,59 @@
+"""What every glassquant layer shares: a record (plain tensors + JSON-able metadata) to save
+and rebuild it without pickle, and a registry of layer kinds for the file format."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+#: kind name -> layer class, filled by ``@register``
+LAYER_KINDS: dict[str, type[QuantModule]] = {}
+
+
+def register(cls: type[QuantModule]) -> type[QuantModule]:
+    """Class decorator: make a layer kind loadable by ``glassquant.load``."""
+    LAYER_KINDS[cls.kind] = cls
+    return cls
+
+
+class QuantModule(nn.Module):
+    """Base of glassquant's integer layers.
+
+    A layer is rebuilt from ``record()``: its tensors (``state_dict``; plain dtypes only)
+    and ``meta`` — the JSON-able constructor arguments named in ``meta_fields``. The
+    constructor takes the tensors by their buffer names as keyword arguments, so
+    ``cls(**tensors, **meta)`` rebuilds it exactly.
+    """
+
+    kind: ClassVar[str] = "base"
+    meta_fields: ClassVar[tuple[str, ...]] = ()
+    optional_tensors: ClassVar[tuple[str, ...]] = ("bias",)
+
+    def record(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """``(tensors, meta)``: everything needed to rebuild this layer, nothing executable."""
+        tensors = {k: v.detach().clone().contiguous() for k, v in self.state_dict().items() if v is not None}
+        meta = {f: getattr(self, f) for f in self.meta_fields}
+        return tensors, meta
+
+    @classmethod
+    def from_record(cls, tensors: dict[str, Tensor], meta: dict[str, Any]) -> QuantModule:
+        """Rebuild a layer from ``record()``'s output (constructor validates every value)."""
+        args: dict[str, Any] = {k: None for k in cls.optional_tensors}
+        args.update(tensors)
+        args.update(meta)
+        return cls(**args)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,  # type: ignore[override]
+                              unexpected_keys, error_msgs):
+        for key, buf in self._buffers.items():
+            if buf is not None and prefix + key in state_dict and state_dict[prefix + key].dtype != buf.dtype:
+                error_msgs.append(f"{prefix}{key}: dtype {state_dict[prefix + key].dtype} != {buf.dtype}")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+
+def meta_float(v: Any) -> float:
+    """A Python float from a tensor or number (for JSON metadata)."""
+    return float(v.item() if isinstance(v, torch.Tensor) else v)
