@@ -89,8 +89,17 @@ def dynamic_output(acc: Tensor, x_scale: float, w_scale: Tensor | float, bias: T
 def linear_dynamic(x: Tensor, w_q: Tensor, w_scale: Tensor | float, w_zero_point: Tensor | int,
                    bias: Tensor | None, reduce_range: bool = False, relu: bool = False) -> Tensor:
     """Dynamic quantized Linear: float32 (M, K) -> float32 (M, N)."""
-    x_min, x_max = tensor_range(x, f"{NAME} dynamic linear: input")
-    x_scale, x_zp = choose_qparams(x_min, x_max, 0, 255, reduce_range)
-    x_q = quantize(x, x_scale, x_zp, torch.uint8)
+    x_q, x_scale, x_zp = quantize_activation(x, reduce_range)
     acc = accumulate(x_q, x_zp, w_q, w_zero_point, NAME)
     return dynamic_output(acc, x_scale, w_scale, bias, relu)
+
+
+def quantize_activation(x: Tensor, reduce_range: bool = False) -> tuple[Tensor, float, int]:
+    """Per-call activation quantization of the dynamic Linear: ``(x_q uint8 (M, K), scale, zero_point)``.
+
+    Numerics: qparams from ``pytorch.choose_qparams`` on the exact min/max of ``x`` (uint8,
+    [0, 127] with reduce_range), then ``pytorch.quantize``.
+    """
+    x_min, x_max = tensor_range(x, f"{NAME} dynamic linear: input")
+    x_scale, x_zp = choose_qparams(x_min, x_max, 0, 255, reduce_range)
+    return quantize(x, x_scale, x_zp, torch.uint8), x_scale, x_zp

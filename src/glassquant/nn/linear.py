@@ -230,10 +230,8 @@ class DynamicQuantLinear(QuantModule):
         d = self.dialect
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)  # (M, K)
-        x_min, x_max = d.tensor_range(x2, f"{self.name}: input")
-        reduce_range = self.reduce_range and d is not dialects.qnnpack
-        x_scale, x_zp = d.choose_qparams(x_min, x_max, 0, 255, reduce_range)
-        x_q = d.quantize(x2, x_scale, x_zp, torch.uint8)
+        check_finite(x2, f"{self.name}: input")
+        x_q, x_scale, x_zp = d.quantize_activation(x2, self.reduce_range)
         if fast:
             if self._packed is None:
                 self._packed = PackedWeight.pack(self.w_q, self.w_zero_point)
