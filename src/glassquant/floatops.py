@@ -43,17 +43,25 @@ def fma_f32(a: Tensor | float, b: Tensor | float, c: Tensor | float) -> Tensor:
     """``a*b + c`` on float32 operands, rounded once to float32 (a hardware FMA).
 
     Numerics: operands are rounded to float32 first (they are float32 in the runtime).
-    The product of two float32 values is exact in float64 (48 significant bits); the sum
-    is formed with TwoSum so its exact error is known, rounded to float64 *to odd* and then
-    to float32 to nearest-even, which equals one correct rounding of ``a*b + c``.
+    The product of two float32 values is exact in float64 (48 significant bits), so the only
+    error of ``f32(f64(a*b) + c)`` is double rounding, and that can only strike where the
+    float64 sum lands exactly on a float32 midpoint (or in float32's subnormal range). Those
+    few elements are redone exactly: TwoSum gives the sum's exact error, the sum is rounded
+    to float64 *to odd*, then to float32 to nearest-even — one correct rounding.
     """
     a64, b64, c64 = (f32(t).to(torch.float64) for t in (a, b, c))
     p = a64 * b64  # exact
     s = p + c64
-    # TwoSum: exact error of the float64 addition
-    bv = s - p
-    err = (p - (s - bv)) + (c64 - bv)
-    return _round_to_odd_f64(s, err).to(torch.float32)
+    out = s.to(torch.float32)
+    low = s.view(torch.int64) & 0x1FFFFFFF  # the 29 float64 mantissa bits below float32's
+    suspect = (low == 0x10000000) | (out.abs() < 2.0**-126)
+    if bool(suspect.any()):
+        idx = suspect.nonzero(as_tuple=True)
+        ps, ss, cs = p.expand_as(s)[idx], s[idx], c64.expand_as(s)[idx]
+        bv = ss - ps  # TwoSum: exact error of the float64 addition
+        err = (ps - (ss - bv)) + (cs - bv)
+        out[idx] = _round_to_odd_f64(ss, err).to(torch.float32)
+    return out
 
 
 def mul_f32(a: Tensor | float, b: Tensor | float) -> Tensor:
