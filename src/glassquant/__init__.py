@@ -2,7 +2,9 @@
 
 from .affine import dequantize, fake_quantize
 from .affine import quantize as quantize_tensor
-from .convert import PRESETS, DynamicConfig, StaticConfig, integer_outputs, quantize
+from .config import PRESETS, DynamicConfig, StaticConfig, WeightOnlyConfig
+from .convert import integer_outputs, quantize
+from .export.format import FormatError, load, save
 from .qparams import choose_qparams, observe_range
 from .rounding import Rounding
 from .scheme import QScheme
@@ -10,17 +12,21 @@ from .scheme import QScheme
 __version__ = "0.1.0"
 
 __all__ = [
-           "PRESETS",
-           "DynamicConfig",
-           "QScheme",
-           "Rounding",
-           "StaticConfig",
-           "__version__",
-           "choose_qparams",
-           "dequantize",
-           "fake_quantize",
-           "integer_outputs",
-           "observe_range",
-           "quantize",
-           "quantize_tensor",
+    "PRESETS",
+    "DynamicConfig",
+    "FormatError",
+    "QScheme",
+    "Rounding",
+    "StaticConfig",
+    "WeightOnlyConfig",
+    "__version__",
+    "choose_qparams",
+    "dequantize",
+    "fake_quantize",
+    "integer_outputs",
+    "load",
+    "observe_range",
+    "quantize",
+    "quantize_tensor",
+    "save",
 ]

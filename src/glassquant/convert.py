@@ -1,102 +1,109 @@
-"""Convert a float model: observe ranges on calibration batches, swap Linear layers.
+"""Convert a float model: fuse, observe ranges on calibration batches, swap layers.
 
-``quantize(model, config, calibration)`` returns the *same* model object with each
-``nn.Linear`` replaced by an integer layer (torchao's ``quantize_`` convention), a
-following ``nn.ReLU`` in an ``nn.Sequential`` fused into it (as torch.ao's
-``fuse_modules`` does) and replaced by ``nn.Identity``.
+``quantize(model, config, calibration)`` returns the *same* model object with its
+``nn.Linear`` (and, for static configs, ``nn.Conv1d``/``nn.Conv2d``; for weight-only,
+``nn.Embedding``) replaced by glassquant layers — torchao's ``quantize_`` convention, so a
+SentenceTransformer keeps its ``encode``. In an ``nn.Sequential``, a Linear/Conv followed by
+``nn.ReLU`` is fused (as torch.ao's ``fuse_modules`` does); Conv followed by BatchNorm is
+folded first. Layers that cannot be quantized stay float and are listed with the reason.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterable
+import fnmatch
+import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from . import dialects
-from .nn.linear import WEIGHT_PER_CHANNEL, WEIGHT_PER_TENSOR, DynamicQuantLinear, QuantLinear
-from .observers import MinMaxObserver
-from .scheme import QScheme
+from . import observers as _observers
+from .config import PRESETS, Config, DynamicConfig, StaticConfig, WeightOnlyConfig, resolve
+from .nn.base import QuantModule
+from .nn.linear import DynamicQuantLinear, QuantLinear
+
+__all__ = [
+    "PRESETS",
+    "ConversionResult",
+    "DynamicConfig",
+    "LayerCalibration",
+    "StaticConfig",
+    "WeightOnlyConfig",
+    "integer_outputs",
+    "quantize",
+]
 
 
-@dataclass(frozen=True)
-class StaticConfig:
-    """Static W8A8: int8 weights, uint8 activations with qparams fixed by calibration.
+@dataclass
+class LayerCalibration:
+    """What calibration saw for one layer: raw ranges and the qparams chosen."""
 
-    ``activation`` must be unsigned with at most 8 bits; 7 bits is PyTorch's
-    ``reduce_range`` ([0, 127], the x86/fbgemm default).
-    """
-
-    engine: str = "x86"
-    weight: QScheme = WEIGHT_PER_CHANNEL
-    activation: QScheme = field(default_factory=lambda: QScheme(bits=7, signed=False))
-
-    def __post_init__(self) -> None:
-        dialects.get(self.engine)
-        a = self.activation
-        if a.signed or a.bits > 8 or a.granularity != "per_tensor" or a.symmetric:
-            raise ValueError(f"StaticConfig: activations must be unsigned affine per-tensor <= 8 bits, got {a}")
-
-
-@dataclass(frozen=True)
-class DynamicConfig:
-    """Dynamic W8A8: int8 weights, activations quantized per call (uint8, per tensor)."""
-
-    engine: str = "x86"
-    weight: QScheme = WEIGHT_PER_TENSOR
-    reduce_range: bool = True
-
-    def __post_init__(self) -> None:
-        dialects.get(self.engine)
-
-
-_A7, _A8 = QScheme(bits=7, signed=False), QScheme(bits=8, signed=False)
-
-#: Named configurations: each PyTorch engine's default static scheme with min/max observers.
-PRESETS: dict[str, StaticConfig | DynamicConfig] = {
-    "x86": StaticConfig("x86", WEIGHT_PER_CHANNEL, _A7),
-    "fbgemm": StaticConfig("fbgemm", WEIGHT_PER_CHANNEL, _A7),
-    "qnnpack": StaticConfig("qnnpack", WEIGHT_PER_TENSOR, _A8),
-    "onednn": StaticConfig("onednn", WEIGHT_PER_CHANNEL, _A8),
-    "w8a8-static": StaticConfig("x86", WEIGHT_PER_CHANNEL, _A7),
-    "w8a8-dynamic": DynamicConfig("x86", WEIGHT_PER_TENSOR, True),
-}
+    input_range: tuple[float, float]
+    output_range: tuple[float, float]
+    x_qparams: tuple[float, int]
+    y_qparams: tuple[float, int]
+    batches: int
 
 
 @dataclass
 class ConversionResult:
-    """What ``quantize`` did: converted layer names, fused pairs, layers left in float."""
+    """What ``quantize`` did: converted layers, fused ReLUs, folded BNs, layers left in float."""
 
+    config: Any = None
     converted: list[str] = field(default_factory=list)
     fused_relu: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
+    folded_bn: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # name -> reason
+    calibration: dict[str, LayerCalibration] = field(default_factory=dict)
 
 
-def _resolve(config: str | StaticConfig | DynamicConfig) -> StaticConfig | DynamicConfig:
-    if isinstance(config, str):
-        if config not in PRESETS:
-            raise ValueError(f"unknown preset {config!r}; choose one of {sorted(PRESETS)}")
-        return PRESETS[config]
-    if not isinstance(config, (StaticConfig, DynamicConfig)):
-        raise TypeError(f"config must be a preset name, StaticConfig or DynamicConfig, got {type(config).__name__}")
-    return config
+def _static_types() -> tuple[type[nn.Module], ...]:
+    return (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+def _candidate_types(cfg: Config) -> tuple[type[nn.Module], ...]:
+    if isinstance(cfg, StaticConfig):
+        return _static_types()
+    if isinstance(cfg, WeightOnlyConfig):
+        return (nn.Linear, nn.Embedding) if cfg.embeddings else (nn.Linear,)
+    return (nn.Linear,)
+
+
+def sequential_patterns(model: nn.Module) -> list[list[str]]:
+    """Fusion groups found in ``nn.Sequential`` containers, torch.ao's eager patterns:
+    ``[conv, bn, relu]``, ``[conv, bn]``, ``[conv|linear, relu]``, ``[linear, bn]``."""
+    groups: list[list[str]] = []
+    for prefix, mod in model.named_modules():
+        if not isinstance(mod, nn.Sequential):
+            continue
+        names = list(mod._modules)
+        p = f"{prefix}." if prefix else ""
+        i = 0
+        while i < len(names):
+            kinds = [type(mod._modules[n]) for n in names[i:i + 3]]
+            is_conv = kinds and kinds[0] in (nn.Conv1d, nn.Conv2d)
+            is_bn = len(kinds) > 1 and kinds[1] in (nn.BatchNorm1d, nn.BatchNorm2d)
+            if is_conv and is_bn and len(kinds) > 2 and kinds[2] is nn.ReLU:
+                groups.append([p + n for n in names[i:i + 3]])
+                i += 3
+            elif (is_conv or (kinds and kinds[0] is nn.Linear)) and is_bn:
+                groups.append([p + n for n in names[i:i + 2]])
+                i += 2
+            elif kinds and kinds[0] in (nn.Linear, nn.Conv1d, nn.Conv2d) and len(kinds) > 1 and kinds[1] is nn.ReLU:
+                groups.append([p + n for n in names[i:i + 2]])
+                i += 2
+            else:
+                i += 1
+    return groups
 
 
 def linear_relu_pairs(model: nn.Module) -> dict[str, str]:
-    """``{linear name: relu name}`` for each ``nn.Linear`` directly followed by ``nn.ReLU``
-    inside an ``nn.Sequential``."""
-    pairs: dict[str, str] = {}
-    for prefix, mod in model.named_modules():
-        if isinstance(mod, nn.Sequential):
-            names = list(mod._modules)
-            for a, b in itertools.pairwise(names):
-                if isinstance(mod._modules[a], nn.Linear) and isinstance(mod._modules[b], nn.ReLU):
-                    p = f"{prefix}." if prefix else ""
-                    pairs[p + a] = p + b
-    return pairs
+    """``{layer name: relu name}`` for each Linear/Conv directly followed by ``nn.ReLU`` in an
+    ``nn.Sequential`` (used by the torch.ao interop to fuse the same pairs)."""
+    return {g[0]: g[-1] for g in sequential_patterns(model) if len(g) == 2 and isinstance(
+        model.get_submodule(g[1]), nn.ReLU)}
 
 
 def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -116,24 +123,73 @@ def _batches(calibration: Iterable[Any] | None) -> list[Any]:
     return batches
 
 
-def calibrate(model: nn.Module, linears: dict[str, nn.Linear], pairs: dict[str, str],
-              calibration: Iterable[Any] | None, activation: QScheme
-              ) -> dict[str, tuple[MinMaxObserver, MinMaxObserver]]:
-    """Run the float model on every batch, observing each Linear's input and (fused) output."""
-    batches = _batches(calibration)
-    observers = {n: (MinMaxObserver(activation, f"layer {n!r}: input"),
-                     MinMaxObserver(activation, f"layer {n!r}: output"))
-                 for n in linears}
+def _run(model: nn.Module, batch: Any) -> None:
+    if isinstance(batch, dict):
+        model(**batch)
+    elif isinstance(batch, (tuple, list)):
+        model(*batch)
+    else:
+        model(batch)
+
+
+def _progress(enabled: bool | None):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    on = sys.stderr.isatty() if enabled is None else enabled
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), disable=not on,
+                    transient=False)
+
+
+def _fuse(model: nn.Module, groups: list[list[str]], result: ConversionResult) -> dict[str, str]:
+    """Fold BNs into the layer before them; return ``{layer: relu}`` for fused ReLUs."""
+    relu_of: dict[str, str] = {}
+    for g in groups:
+        mods = [model.get_submodule(n) for n in g]
+        if len(mods) > 1 and isinstance(mods[1], (nn.BatchNorm1d, nn.BatchNorm2d)):
+            from .fold import fold_conv_bn, fold_linear_bn
+
+            layer, bn = mods[0], mods[1]
+            folded: nn.Module = (fold_linear_bn(layer, bn, g[0]) if isinstance(layer, nn.Linear)
+                                 else fold_conv_bn(layer, bn, g[0]))  # type: ignore[arg-type, type-var]
+            _set_module(model, g[0], folded)
+            _set_module(model, g[1], nn.Identity())
+            result.folded_bn.append(g[0])
+        if isinstance(mods[-1], nn.ReLU):
+            relu_of[g[0]] = g[-1]
+    return relu_of
+
+
+def _selected(name: str, module: nn.Module, types: tuple[type[nn.Module], ...],
+              include: Sequence[str] | None, exclude: Sequence[str] | None) -> str | None:
+    """``None`` if the layer is to be quantized, else the reason it is not."""
+    if type(module) not in types:
+        return f"type {type(module).__name__} not selected"
+    if include is not None and not any(fnmatch.fnmatchcase(name, p) for p in include):
+        return "not matched by include patterns"
+    if exclude is not None and any(fnmatch.fnmatchcase(name, p) for p in exclude):
+        return "excluded by pattern"
+    return None
+
+
+def calibrate(model: nn.Module, layers: dict[str, nn.Module], relu_of: dict[str, str], batches: list[Any],
+              cfg: StaticConfig, progress: bool | None = None) -> dict[str, tuple[Any, Any]]:
+    """Run the float model on every batch, observing each layer's input and (fused) output."""
+    make = _observers.make_observer
+    observers = {n: (make(cfg.observer, cfg.activation, f"layer {n!r}: input"),
+                     make(cfg.observer, cfg.activation, f"layer {n!r}: output"))
+                 for n in layers}
     handles = []
-    for n, lin in linears.items():
+    for n, layer in layers.items():
         obs_in, obs_out = observers[n]
-        handles.append(lin.register_forward_pre_hook(lambda m, a, o=obs_in: o.update(a[0])))
-        out_mod = model.get_submodule(pairs[n]) if n in pairs else lin
-        handles.append(out_mod.register_forward_hook(lambda m, a, y, o=obs_out: o.update(y)))
+        handles.append(layer.register_forward_pre_hook(lambda m, a, o=obs_in: o.update(a[0].detach())))
+        out_mod = model.get_submodule(relu_of[n]) if n in relu_of else layer
+        handles.append(out_mod.register_forward_hook(lambda m, a, y, o=obs_out: o.update(y.detach())))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _progress(progress) as bar:
+            task = bar.add_task(f"calibrating {len(layers)} layers", total=len(batches))
             for b in batches:
-                model(*b) if isinstance(b, (tuple, list)) else model(b)
+                _run(model, b)
+                bar.advance(task)
     finally:
         for h in handles:
             h.remove()
@@ -143,50 +199,104 @@ def calibrate(model: nn.Module, linears: dict[str, nn.Linear], pairs: dict[str, 
     return observers
 
 
-def quantize(model: nn.Module, config: str | StaticConfig | DynamicConfig = "x86",
-             calibration: Iterable[Any] | None = None, *, fuse_relu: bool = True) -> nn.Module:
-    """Replace every ``nn.Linear`` of ``model`` by an integer layer; returns ``model``.
+def _convert_static(name: str, module: nn.Module, x: tuple[float, int], y: tuple[float, int],
+                    cfg: StaticConfig, relu: bool) -> nn.Module:
+    if isinstance(module, nn.Linear):
+        return QuantLinear.from_float(module, x[0], x[1], y[0], y[1], weight_scheme=cfg.weight, relu=relu,
+                                      engine=cfg.engine, name=name)
+    from .nn.conv import QuantConv1d, QuantConv2d
 
-    Static configs observe each layer's input and output range with a min/max observer on
-    ``calibration`` (an iterable of input batches, or tuples of positional inputs) and fix
-    the qparams; dynamic configs need no calibration. ``model.glassquant_conversion`` then
-    holds a :class:`ConversionResult`.
-    """
-    cfg = _resolve(config)
-    linears = {n: m for n, m in model.named_modules() if type(m) is nn.Linear}
-    if not linears:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear layer to quantize")
-    result = ConversionResult()
-    pairs = linear_relu_pairs(model) if fuse_relu else {}
+    cls = QuantConv1d if isinstance(module, nn.Conv1d) else QuantConv2d
+    return cls.from_float(module, x[0], x[1], y[0], y[1], weight_scheme=cfg.weight, relu=relu,
+                          engine=cfg.engine, name=name)
+
+
+def _convert_other(name: str, module: nn.Module, cfg: DynamicConfig | WeightOnlyConfig) -> nn.Module:
     if isinstance(cfg, DynamicConfig):
-        for n, lin in linears.items():
-            _set_module(model, n, DynamicQuantLinear.from_float(
-                lin, weight_scheme=cfg.weight, engine=cfg.engine, reduce_range=cfg.reduce_range, name=n))
-            result.converted.append(n)
+        assert isinstance(module, nn.Linear)
+        return DynamicQuantLinear.from_float(module, weight_scheme=cfg.weight, engine=cfg.engine,
+                                             reduce_range=cfg.reduce_range, name=name)
+    if isinstance(module, nn.Embedding):
+        from .nn.embedding import QuantEmbedding
+
+        return QuantEmbedding.from_float(module, name=name)
+    from .nn.weight_only import WeightOnlyLinear
+
+    assert isinstance(module, nn.Linear)
+    return WeightOnlyLinear.from_float(module, bits=cfg.bits, group_size=cfg.group_size, name=name)
+
+
+def quantize(model: nn.Module, config: str | Config = "x86", calibration: Iterable[Any] | None = None, *,
+             include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
+             types: Sequence[type[nn.Module]] | None = None, fuse: Sequence[Sequence[str]] | None = None,
+             progress: bool | None = None) -> nn.Module:
+    """Replace the quantizable layers of ``model`` by glassquant layers; returns ``model``.
+
+    ``config``: a preset name (``glassquant.PRESETS``) or a config object. Static configs
+    observe each layer's input and output on ``calibration`` (an iterable of batches: tensors,
+    tuples of positional inputs, or dicts of keyword inputs). ``include``/``exclude``: glob
+    patterns on layer names; ``types``: module types to consider; ``fuse``: extra
+    ``[[conv, bn, relu], ...]`` name groups for models that are not ``nn.Sequential``.
+    ``model.glassquant_conversion`` then holds a :class:`ConversionResult`.
+    """
+    cfg = resolve(config)
+    result = ConversionResult(config=cfg)
+    model.eval()
+    candidates = _candidate_types(cfg) if types is None else tuple(types)
+    if isinstance(cfg, StaticConfig):
+        groups = sequential_patterns(model) + [list(g) for g in (fuse or [])]
+        relu_of = _fuse(model, groups, result)
     else:
-        observers = calibrate(model, linears, pairs, calibration, cfg.activation)
-        for n, lin in linears.items():
-            (x_scale, x_zp), (y_scale, y_zp) = (o.qparams() for o in observers[n])
-            q = QuantLinear.from_float(lin, float(x_scale), int(x_zp), float(y_scale), int(y_zp),
-                                       weight_scheme=cfg.weight, relu=n in pairs, engine=cfg.engine, name=n)
-            _set_module(model, n, q)
+        relu_of = {}
+    layers: dict[str, nn.Module] = {}
+    for n, m in model.named_modules():
+        if not n or isinstance(m, QuantModule) or list(m.children()):
+            continue
+        reason = _selected(n, m, candidates, include, exclude)
+        if reason is None:
+            layers[n] = m
+        elif any(p.numel() for p in m.parameters(recurse=False)) and type(m) not in (nn.LayerNorm,):
+            result.skipped[n] = reason
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no layer to quantize "
+                         f"(looked for {', '.join('nn.' + t.__name__ for t in candidates)})")
+    observers = calibrate(model, layers, relu_of, _batches(calibration), cfg, progress) \
+        if isinstance(cfg, StaticConfig) else {}
+    with _progress(progress) as bar:
+        task = bar.add_task(f"converting {len(layers)} layers", total=len(layers))
+        for n, m in layers.items():
+            try:
+                if isinstance(cfg, StaticConfig):
+                    obs_in, obs_out = observers[n]
+                    (xs, xz), (ys, yz) = obs_in.qparams(), obs_out.qparams()
+                    x, y = (float(xs), int(xz)), (float(ys), int(yz))
+                    new = _convert_static(n, m, x, y, cfg, relu=n in relu_of)
+                    in_lo, in_hi = obs_in.observed_range()
+                    out_lo, out_hi = obs_out.observed_range()
+                    result.calibration[n] = LayerCalibration(
+                        (float(in_lo), float(in_hi)), (float(out_lo), float(out_hi)), x, y, obs_in.batches)
+                else:
+                    new = _convert_other(n, m, cfg)
+            except (ValueError, OverflowError) as e:  # e.g. an int32 overflow certificate fails
+                result.skipped[n] = f"left in float: {e}"
+                bar.advance(task)
+                continue
+            _set_module(model, n, new)
             result.converted.append(n)
-            if n in pairs:
-                _set_module(model, pairs[n], nn.Identity())
+            if n in relu_of:
+                _set_module(model, relu_of[n], nn.Identity())
                 result.fused_relu.append(n)
-    result.skipped = [n for n, m in model.named_modules()
-                      if n and not list(m.children()) and not isinstance(m, (QuantLinear, DynamicQuantLinear))
-                      and any(p.numel() for p in m.parameters(recurse=False))]
+            bar.advance(task)
     model.glassquant_conversion = result  # type: ignore[assignment]
     return model
 
 
 def integer_outputs(model: nn.Module, *inputs: Any) -> dict[str, Tensor]:
-    """Each QuantLinear's uint8 output (its integers) on one forward pass of ``model``."""
+    """Each static layer's output integers (uint8) on one forward pass of ``model``."""
     outs: dict[str, Tensor] = {}
     handles = []
     for n, m in model.named_modules():
-        if isinstance(m, QuantLinear):
+        if hasattr(m, "forward_int") and hasattr(m, "quantize_input"):
             handles.append(m.register_forward_hook(
                 lambda mod, a, y, n=n: outs.__setitem__(n, mod.forward_int(mod.quantize_input(a[0])))))
     try:
@@ -196,3 +306,5 @@ def integer_outputs(model: nn.Module, *inputs: Any) -> dict[str, Tensor]:
         for h in handles:
             h.remove()
     return outs
+
+

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import fbgemm, onednn, qnnpack
+from . import fbgemm, onednn, qnnpack, torchao
 
 #: PyTorch engine name -> dialect module (``x86`` routes Linear to fbgemm).
-ENGINES: dict[str, ModuleType] = {"x86": fbgemm, "fbgemm": fbgemm, "qnnpack": qnnpack, "onednn": onednn}
+ENGINES: dict[str, ModuleType] = {"x86": fbgemm, "fbgemm": fbgemm, "qnnpack": qnnpack, "onednn": onednn,
+                                  "torchao": torchao}
 
 
 def get(engine: str) -> ModuleType:
@@ -21,6 +22,15 @@ def get(engine: str) -> ModuleType:
         return ENGINES[engine]
     except KeyError:
         raise ValueError(f"unknown engine {engine!r}; choose one of {sorted(ENGINES)}") from None
+
+
+def get_static(engine: str) -> ModuleType:
+    """A dialect that has a static (integer in, integer out) Linear."""
+    d = get(engine)
+    if not hasattr(d, "requantize"):
+        static = sorted(k for k, v in ENGINES.items() if hasattr(v, "requantize"))
+        raise ValueError(f"engine {engine!r} has no static integer path; choose one of {static}")
+    return d
 
 
 __all__ = ["ENGINES", "fbgemm", "get", "onednn", "qnnpack"]

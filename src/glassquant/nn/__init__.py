@@ -1,6 +1,9 @@
-"""Integer layers."""
+"""Integer layers. Importing this package registers every layer kind for ``glassquant.load``."""
 
 from .base import LAYER_KINDS, QuantModule, register
+from .embedding import QuantEmbedding
 from .linear import DynamicQuantLinear, QuantLinear
+from .weight_only import WeightOnlyLinear
 
-__all__ = ["LAYER_KINDS", "DynamicQuantLinear", "QuantLinear", "QuantModule", "register"]
+__all__ = ["LAYER_KINDS", "DynamicQuantLinear", "QuantEmbedding", "QuantLinear", "QuantModule",
+           "WeightOnlyLinear", "register"]

@@ -35,7 +35,12 @@ def quantize_weight(weight: Tensor, scheme: QScheme, engine: str, name: str = "w
     Numerics: qparams from :func:`glassquant.qparams.choose_qparams` (float32, eq. 2);
     integers by the engine dialect's ``quantize`` (per channel along axis 0, or per
     tensor). Returns ``(w_q int8 (N, K), scale float32 (N,) or (1,), zero_point int32)``.
+    A dialect with its own weight rule (a ``quantize_weight(weight, scheme, name)`` function,
+    e.g. ``dialects.torchao``) is used instead of the PyTorch-engine path.
     """
+    own_rule = getattr(dialects.ENGINES.get(engine), "quantize_weight", None)
+    if own_rule is not None:
+        return own_rule(weight, scheme, name)
     if scheme.bits > 8 or not scheme.signed:
         raise ValueError(f"{name}: PyTorch engines take int8 weights; got {scheme}")
     w_min, w_max = observe_range(weight, scheme, name)
@@ -64,7 +69,7 @@ class QuantLinear(QuantModule):
     """
 
     kind = "QuantLinear"
-    meta_fields = ("x_scale", "x_zero_point", "y_scale", "y_zero_point", "relu", "engine", "name")
+    meta_fields = ("x_scale", "x_zero_point", "y_scale", "y_zero_point", "relu", "engine", "name", "check_overflow")
     w_q: Tensor
     w_scale: Tensor
     w_zero_point: Tensor
@@ -93,8 +98,8 @@ class QuantLinear(QuantModule):
         for label, z in (("x_zero_point", x_zero_point), ("y_zero_point", y_zero_point)):
             if not 0 <= int(z) <= 255:
                 raise ValueError(f"{name}: {label} {z} outside uint8 [0, 255]")
-        self.dialect = dialects.get(engine)
-        self.engine, self.relu, self.name = engine, relu, name
+        self.dialect = dialects.get_static(engine)
+        self.engine, self.relu, self.name, self.check_overflow = engine, relu, name, check_overflow
         self.x_scale, self.x_zero_point = float(x_scale), int(x_zero_point)
         self.y_scale, self.y_zero_point = float(y_scale), int(y_zero_point)
         self.register_buffer("w_q", w_q.contiguous())

@@ -1,0 +1,215 @@
+"""torchao dialect: torchao 0.18's int8 Linear on CPU, written as explicit float32 steps.
+
+Covers ``Int8DynamicActivationInt8WeightConfig`` (W8A8, activations per row = per token)
+and ``Int8WeightOnlyConfig`` (W8, float activations), both built on torchao's
+``Int8Tensor`` (``quantize_/workflows/int8/int8_tensor.py``) and ``quant_primitives``:
+
+Qparams (``choose_qparams_affine``, ``MappingType.SYMMETRIC``, int8 [-128, 127], one scale
+per row of the 2-D tensor, ``eps`` left at its default):
+  ``amax = max(-min(x_min, 0), max(x_max, 0))``
+  ``scale = max(f32(amax / 127.5), eps)`` with ``127.5 = (127 - (-128)) / 2`` and
+  ``eps = torch.finfo(float32).eps = 2**-23``, zero point 0.
+Quantize (``quantize_affine``): ``q = clamp(rne(f32(x * f32(1 / scale))), -128, 127)``; the
+reciprocal is a float32 division and the product one float32 rounding (no FMA, no zero
+point to add). Worked example: a row with range (-1.0, 3.0): ``scale = f32(3 / 127.5) =
+0.023529412``, ``1/scale = 42.5`` (to float32); ``x = 3.0 -> 127.5 -> 128 -> clamp 127``,
+``x = -1.0 -> -42.5 -> -42`` (ties to even).
+Dynamic output (``Int8Tensor`` linear, CPU ``int_scaled_matmul``: ``torch._int_mm`` then
+``.to(float32) * x_scales``): ``y = f32(f32(f32(acc) * sx[m]) * sw[n])``, then ``y += b``.
+Weight-only output: ``y = f32(f32(x @ f32(w_q).T) * sw[n])``, then ``y += b``.
+
+Status: written from the facts above, not yet proven against torchao (torchao is not
+installed here). Assumptions to verify against the real library: (a) ``eps`` is float32's
+machine epsilon, torchao's default when ``choose_qparams_affine`` gets no ``eps``; (b)
+activations use the weights' rule (Int8Tensor.from_hp with ``PerRow``, [-128, 127],
+divisor 127.5) — older torchao releases used [-127, 127] and ``eps = 1e-5`` for
+activations; (c) on CPU ``int_scaled_matmul`` multiplies ``f32(acc)`` by the row scale
+before the weight scale is applied. There is no fused ReLU in torchao; ``relu=True``
+applies ``max(y, 0)`` afterwards (exact, as a separate ``nn.ReLU`` would).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..errors import check_finite, check_integer
+from ..floatops import f32
+from ..scheme import QScheme
+from ._base import accumulate, as_column
+
+NAME = "torchao"
+#: torchao's int8 grid (``_DTYPE_TO_QVALUE_BOUNDS[torch.int8]``).
+QMIN, QMAX = -128, 127
+#: Assumed default ``eps`` of ``choose_qparams_affine`` for float32 input: ``finfo(float32).eps``.
+SCALE_EPS = torch.finfo(torch.float32).eps
+
+__all__ = [
+    "NAME",
+    "QMAX",
+    "QMIN",
+    "SCALE_EPS",
+    "choose_qparams",
+    "choose_weight_qparams",
+    "dynamic_output",
+    "linear_dynamic",
+    "linear_weight_only",
+    "quantize",
+    "quantize_activation",
+    "quantize_weight",
+]
+
+
+def choose_qparams(x_min: Tensor | float, x_max: Tensor | float, qmin: int = QMIN, qmax: int = QMAX,
+                   eps: float = SCALE_EPS) -> tuple[Tensor, Tensor]:
+    """torchao's symmetric ``choose_qparams_affine``, elementwise on ranges.
+
+    ``amax = max(-min(x_min, 0), max(x_max, 0))``; ``scale = max(f32(amax / ((qmax - qmin) / 2)), eps)``
+    (the divisor is 127.5 for int8: the grid's half-width, not 127); zero point 0.
+    Example: range (-1.0, 3.0): ``scale = f32(3 / 127.5) = 0.023529412``.
+
+    Numerics: x_min, x_max float32 of any shape (exact min/max of the data); one float32
+    division (correctly rounded), then the clamp at ``eps``. Returns ``(scale float32,
+    zero_point int32 zeros)`` with the shape of ``x_min``.
+    """
+    x_min = f32(torch.as_tensor(x_min, dtype=torch.float32))
+    x_max = f32(torch.as_tensor(x_max, dtype=torch.float32))
+    check_finite(x_min, f"{NAME} choose_qparams: x_min")
+    check_finite(x_max, f"{NAME} choose_qparams: x_max")
+    lo = torch.min(x_min, torch.zeros_like(x_min))
+    hi = torch.max(x_max, torch.zeros_like(x_max))
+    amax = torch.max(-lo, hi)  # exact
+    scale = amax / (float(qmax - qmin) / 2)  # one float32 division by 127.5 (int8)
+    scale = torch.clamp(scale, min=eps)
+    return scale, torch.zeros_like(scale, dtype=torch.int32)
+
+
+def quantize(x: Tensor, scale: Tensor | float, zero_point: Tensor | int = 0, dtype: torch.dtype = torch.int8,
+             axis: int | None = None, qmin: int = QMIN, qmax: int = QMAX) -> Tensor:
+    """torchao's ``quantize_affine`` (integer zero-point domain): ``clamp(rne(x * f32(1/scale)) + zp)``.
+
+    Numerics: x float (rounded to float32); scale float32 > 0, a scalar, a tensor that
+    broadcasts against ``x`` (``(M, 1)`` per row), or ``(C,)`` along ``axis``; ``1/scale`` is one
+    float32 division, ``x * (1/scale)`` one float32 multiply (no FMA), rounding half to
+    even, the zero point added after rounding (exact), saturating clamp to [qmin, qmax].
+    Example: scale 0.5 (1/scale = 2): x = 0.25 -> 0.5 -> 0; x = 0.75 -> 1.5 -> 2.
+    Returns ``dtype`` (int8) with the shape of ``x``.
+    """
+    check_finite(x, f"{NAME} quantize: x")
+    x = f32(x)
+    s = f32(torch.as_tensor(scale, dtype=torch.float32))
+    z = torch.as_tensor(zero_point, dtype=torch.float64)
+    if axis is not None:
+        shape = [1] * x.dim()
+        shape[axis] = -1
+        s = s.reshape(shape)
+        z = z.reshape(shape) if z.numel() > 1 else z
+    inv_scale = f32(1.0) / s  # float32 reciprocal
+    r = torch.round(x * inv_scale).to(torch.float64) + z  # one float32 multiply, rne; + zp exact
+    return r.clamp(qmin, qmax).to(torch.int64).to(dtype)
+
+
+def choose_weight_qparams(weight: Tensor, scheme: QScheme, name: str = "weight") -> tuple[Tensor, Tensor]:
+    """Per-row (``scheme.axis == 0``) or per-tensor symmetric qparams of a weight (N, K).
+
+    Numerics: exact float32 min/max of each row (or of the tensor), then
+    :func:`choose_qparams` on ``[scheme.qmin, scheme.qmax]``. Returns ``(scale float32,
+    zero_point int32)`` of shape (N,) per row, (1,) per tensor.
+    """
+    _check_weight_scheme(scheme, name)
+    check_finite(weight, name)
+    if weight.dim() != 2 or weight.numel() == 0:
+        raise ValueError(f"{name}: expected a non-empty (N, K) weight, got shape {tuple(weight.shape)}")
+    w = f32(weight.detach())
+    if scheme.granularity == "per_channel":
+        x_min, x_max = w.amin(dim=1), w.amax(dim=1)  # (N,)
+    else:
+        x_min, x_max = w.min().reshape(1), w.max().reshape(1)  # (1,)
+    return choose_qparams(x_min, x_max, scheme.qmin, scheme.qmax)
+
+
+def quantize_weight(weight: Tensor, scheme: QScheme, name: str = "weight") -> tuple[Tensor, Tensor, Tensor]:
+    """torchao's int8 weight (``Int8Tensor.from_hp``): ``(w_q int8 (N, K), scale (N,) or (1,), zero_point int32)``.
+
+    Numerics: :func:`choose_weight_qparams` then :func:`quantize` row by row (or with the
+    single scale). The rule ``nn.linear.quantize_weight`` uses for ``engine="torchao"``.
+    """
+    scale, zero_point = choose_weight_qparams(weight, scheme, name)
+    w_q = quantize(weight.detach(), scale.reshape(-1, 1), 0, torch.int8, qmin=scheme.qmin, qmax=scheme.qmax)
+    return w_q, scale, zero_point
+
+
+def _check_weight_scheme(scheme: QScheme, name: str) -> None:
+    if not (scheme.signed and scheme.symmetric and scheme.bits == 8):
+        raise ValueError(f"{name}: torchao's int8 weights are signed, symmetric, 8 bits; got {scheme}")
+    if scheme.granularity == "per_group" or (scheme.granularity == "per_channel" and scheme.axis not in (0, -2)):
+        raise ValueError(f"{name}: torchao int8 weights are per row (axis 0) or per tensor; got {scheme}")
+
+
+def quantize_activation(x: Tensor, reduce_range: bool = False) -> tuple[Tensor, Tensor, int]:
+    """Per-token activation quantization: ``(x_q int8 (M, K), x_scale float32 (M, 1), zero_point 0)``.
+
+    Numerics: one symmetric scale per row (last axis), from that row's exact min/max by
+    :func:`choose_qparams` (divisor 127.5, clamp at eps; an all-zero row gets scale eps and
+    quantizes to 0), then :func:`quantize`. torchao has no ``reduce_range``: the argument is
+    accepted for the common dialect signature and ignored (as qnnpack ignores it).
+    Leading dimensions other than M are kept: (..., K) -> (..., K), (..., 1).
+    """
+    check_finite(x, f"{NAME} dynamic linear: input")
+    if x.dim() == 0 or x.numel() == 0:
+        raise ValueError(f"{NAME} dynamic linear: input must be a non-empty (M, K) tensor, got {tuple(x.shape)}")
+    x = f32(x)
+    x_scale, _ = choose_qparams(x.amin(dim=-1, keepdim=True), x.amax(dim=-1, keepdim=True))  # (M, 1)
+    return quantize(x, x_scale), x_scale, 0
+
+
+def dynamic_output(acc: Tensor, x_scale: Tensor | float, w_scale: Tensor | float, bias: Tensor | None,
+                   relu: bool = False) -> Tensor:
+    """Float32 output of the dynamic Linear: ``y = f32(f32(f32(acc) * sx[m]) * sw[n])``, then ``y += b``.
+
+    Numerics: acc int64 (M, N) holding int32 values, converted once to float32 (rounds past
+    2**24); x_scale float32 (M, 1) or a scalar; w_scale float32 (N,) or a scalar; bias
+    float32 (N,) or None. Three float32 roundings (two with no bias), in this order.
+    """
+    sx = f32(torch.as_tensor(x_scale, dtype=torch.float32))
+    if sx.dim() == 1:
+        sx = sx.reshape(-1, 1)  # (M,) -> (M, 1)
+    sw = f32(as_column(w_scale, acc.shape[-1], torch.float32))  # (N,)
+    y = (f32(acc) * sx) * sw  # (M, N) * (M, 1) -> (M, N), then * (N,)
+    if bias is not None:
+        y = y + f32(bias)
+    return y.clamp_min(0.0) if relu else y
+
+
+def linear_dynamic(x: Tensor, w_q: Tensor, w_scale: Tensor | float, w_zero_point: Tensor | int,
+                   bias: Tensor | None, reduce_range: bool = False, relu: bool = False) -> Tensor:
+    """Dynamic W8A8 Linear: float32 (M, K) -> float32 (M, N), one int8 scale per token.
+
+    Numerics: :func:`quantize_activation`, exact int32 accumulators (eq. 4; overflow raises),
+    :func:`dynamic_output`. ``w_zero_point`` must be 0 (symmetric weights).
+    """
+    x_q, x_scale, x_zp = quantize_activation(x, reduce_range)
+    acc = accumulate(x_q, x_zp, w_q, w_zero_point, NAME)  # (M, K) x (N, K) -> (M, N)
+    return dynamic_output(acc, x_scale, w_scale, bias, relu)
+
+
+def linear_weight_only(x: Tensor, w_q: Tensor, w_scale: Tensor | float, bias: Tensor | None,
+                       name: str = "weight-only linear") -> Tensor:
+    """Int8 weight-only Linear: ``y = (x @ f32(w_q).T) * sw[n]``, then ``y += b`` (torchao's order).
+
+    Numerics: x float32 (..., K); w_q int8 (N, K) converted exactly to float32; the matmul
+    is float32 ``torch.mm`` on the same layout torchao uses (``w_q.t()`` then ``.to``), so
+    its summation order is the BLAS library's — identical to torchao on the same machine,
+    not a documented order; then one float32 multiply by the row scale, one add of the bias.
+    Returns float32 (..., N).
+    """
+    check_integer(w_q, f"{name}: w_q", (torch.int8,))
+    check_finite(x, f"{name}: input")
+    if x.shape[-1] != w_q.shape[1]:
+        raise ValueError(f"{name}: input has {x.shape[-1]} features, weight expects {w_q.shape[1]}")
+    x2 = f32(x).reshape(-1, w_q.shape[1])  # (M, K)
+    m = torch.mm(x2, w_q.t().to(torch.float32))  # (M, K) @ (K, N) -> (M, N) float32
+    y = m * f32(as_column(w_scale, w_q.shape[0], torch.float32))  # (M, N) * (N,)
+    if bias is not None:
+        y = y + f32(bias)
+    return y.reshape(*x.shape[:-1], w_q.shape[0])

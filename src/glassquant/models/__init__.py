@@ -1,0 +1,1 @@
+"""Real networks glassquant is measured on (all offline)."""
