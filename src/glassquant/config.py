@@ -29,9 +29,12 @@ class StaticConfig:
     weight: QScheme = WEIGHT_PER_CHANNEL
     activation: QScheme = field(default_factory=lambda: ACT_UINT7)
     observer: str = "minmax"
+    smoothing: float | None = None  # SmoothQuant migration strength alpha in [0, 1]; None = off
 
     def __post_init__(self) -> None:
         dialects.get_static(self.engine)
+        if self.smoothing is not None and not 0.0 <= self.smoothing <= 1.0:
+            raise ValueError(f"StaticConfig.smoothing must be in [0, 1], got {self.smoothing}")
         a = self.activation
         if a.signed or a.bits > 8 or a.granularity != "per_tensor" or a.symmetric:
             raise ValueError(f"StaticConfig: activations must be unsigned affine per-tensor <= 8 bits, got {a}")
@@ -65,8 +68,11 @@ class WeightOnlyConfig:
     bits: int = 8
     group_size: int | None = None
     embeddings: bool = True
+    method: str = "rtn"  # "rtn" (round to nearest) or "gptq" (error-compensating, needs calibration)
 
     def __post_init__(self) -> None:
+        if self.method not in ("rtn", "gptq"):
+            raise ValueError(f"WeightOnlyConfig.method must be 'rtn' or 'gptq', got {self.method!r}")
         if self.bits not in (4, 8):
             raise ValueError(f"WeightOnlyConfig.bits must be 4 or 8, got {self.bits}")
         if self.bits == 4 and self.group_size not in (32, 64, 128):
