@@ -20,14 +20,12 @@ name. Errors name the observed tensor: NaN/Inf or empty batch, qparams before an
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .affine import dequantize, quantize
 from .errors import check_finite
 from .histogram import Histogram, histogram_add, kl_clip_search, l2_clip_search
 from .qparams import choose_qparams, observe_range
@@ -148,7 +146,7 @@ class _Sample:
     smallest keys are kept, so every subset of the values seen is equally likely).
 
     ``exact`` stays True while nothing was dropped (then the sample is all the data).
-    Numerics: float32 values, keys from a seeded ``torch.Generator`` (reproducible).
+    Numerics: float32 values, float64 keys from a seeded ``torch.Generator`` (reproducible).
     """
 
     def __init__(self, max_samples: int, seed: int) -> None:
@@ -160,26 +158,42 @@ class _Sample:
         self.keys: Tensor | None = None  # (R, S)
 
     def add(self, rows: Tensor) -> None:
-        keys = torch.rand(rows.shape, generator=self.gen)
+        r = rows.shape[0]
+        capacity = max(1, math.ceil(self.max_samples / r))
+        keys = torch.rand(rows.shape, generator=self.gen, dtype=torch.float64)  # (R, n)
+        if self.keys is not None and self.keys.shape[1] == capacity:
+            # full: a new value enters only if its key is below the row's largest kept key
+            m = int((keys < self.keys.max(dim=1, keepdim=True).values).sum(1).max())
+            if m < keys.shape[1]:
+                keys, idx = keys.topk(m, dim=1, largest=False)
+                rows = rows.gather(1, idx)
         values = rows if self.values is None else torch.cat([self.values, rows], dim=1)
         keys = keys if self.keys is None else torch.cat([self.keys, keys], dim=1)
-        capacity = max(1, math.ceil(self.max_samples / rows.shape[0]))
         if values.shape[1] > capacity:
-            keys, idx = keys.topk(capacity, dim=1, largest=False)
-            values, self.exact = values.gather(1, idx), False
+            self.exact = False
+            kth = torch.kthvalue(keys, capacity, dim=1, keepdim=True).values  # (R, 1)
+            keep = keys <= kth
+            if bool((keep.sum(1) == capacity).all()):  # no tied keys: keep row order
+                values, keys = values[keep].reshape(r, capacity), keys[keep].reshape(r, capacity)
+            else:  # pragma: no cover - float64 keys tie with probability ~ n**2 / 2**53
+                keys, idx = keys.topk(capacity, dim=1, largest=False)
+                values = values.gather(1, idx)
         self.values, self.keys = values, keys
 
 
-def _percentile(v: Tensor, q: float) -> Tensor:
-    """Per-row ``q``-th percentile of ``v`` (R, S), linear interpolation between order
-    statistics (numpy's default): position ``q / 100 * (S - 1)``. Numerics: float64
-    interpolation, float32 out ``(R,)``."""
-    s = torch.sort(v.to(torch.float64), dim=1).values
-    pos = q / 100.0 * (s.shape[1] - 1)
-    i = min(math.floor(pos), s.shape[1] - 1)
-    j = min(i + 1, s.shape[1] - 1)
-    frac = pos - i
-    return (s[:, i] + frac * (s[:, j] - s[:, i])).to(torch.float32)
+def _percentiles(v: Tensor, qs: list[float]) -> list[Tensor]:
+    """Per-row ``q``-th percentiles of ``v`` (R, S), linear interpolation between order
+    statistics (numpy's default): position ``q / 100 * (S - 1)``. Numerics: exact float32
+    sort, float64 interpolation, float32 out ``(R,)`` each."""
+    s = torch.sort(v, dim=1).values
+    out = []
+    for q in qs:
+        pos = q / 100.0 * (s.shape[1] - 1)
+        i = min(math.floor(pos), s.shape[1] - 1)
+        j = min(i + 1, s.shape[1] - 1)
+        a, b = s[:, i].to(torch.float64), s[:, j].to(torch.float64)
+        out.append((a + (pos - i) * (b - a)).to(torch.float32))
+    return out
 
 
 class PercentileObserver(Observer):
@@ -211,10 +225,24 @@ class PercentileObserver(Observer):
         v = self.sample.values
         assert v is not None
         if self.scheme.symmetric:
-            amax = _percentile(v.abs(), self.percentile)
+            (amax,) = _percentiles(v.abs(), [self.percentile])
             return (-amax).reshape(x_min.shape), amax.reshape(x_min.shape)
-        return (_percentile(v, 100.0 - self.percentile).reshape(x_min.shape),
-                _percentile(v, self.percentile).reshape(x_min.shape))
+        lo, hi = _percentiles(v, [100.0 - self.percentile, self.percentile])
+        return lo.reshape(x_min.shape), hi.reshape(x_min.shape)
+
+
+def _fake_quantize_rows(v: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> Tensor:
+    """``dequantize(quantize(v))`` with one scale/zero point per row (eqs. 3 then 1), the values
+    of ``affine.quantize``/``dequantize`` without their per-call checks (``v`` is known finite).
+
+    Numerics: ``v`` float32 (R, S), ``scale`` float32 (R,), ``zero_point`` int32 (R,); one float32
+    division, round half-even, zero point added in float32 (exact: any sum beyond 2**24 is far
+    outside [qmin, qmax] and clamps the same), clamp, ``(q - zero_point) * scale`` in float32.
+    """
+    s = scale.reshape(-1, 1)
+    z = zero_point.reshape(-1, 1).to(torch.float32)
+    q = torch.clamp(torch.round(v / s) + z, qmin, qmax)
+    return (q - z) * s
 
 
 class MSEObserver(Observer):
@@ -252,14 +280,14 @@ class MSEObserver(Observer):
         assert v is not None
         lo = torch.min(x_min, torch.zeros_like(x_min)).reshape(-1)  # (R,)
         hi = torch.max(x_max, torch.zeros_like(x_max)).reshape(-1)
-        row_scheme = dataclasses.replace(self.scheme, axis=0, group_size=None)
         k = self.candidates
         alphas = torch.arange(k, 0, -1, dtype=torch.float32) / k  # (K,) 1.00 .. 1/K
         errors = torch.empty(k, v.shape[0], dtype=torch.float64)  # (K, R)
+        v64 = v.to(torch.float64)
         for i, a in enumerate(alphas):
-            scale, zp = choose_qparams(a * lo, a * hi, row_scheme)
-            x_hat = dequantize(quantize(v, scale, zp, row_scheme), scale, zp, row_scheme)  # (R, S)
-            errors[i] = ((x_hat.to(torch.float64) - v.to(torch.float64)) ** 2).mean(dim=1)  # exact differences
+            scale, zp = choose_qparams(a * lo, a * hi, self.scheme)  # (R,) each
+            x_hat = _fake_quantize_rows(v, scale, zp, self.scheme.qmin, self.scheme.qmax)  # (R, S)
+            errors[i] = ((x_hat.to(torch.float64) - v64) ** 2).mean(dim=1)  # exact differences
         best = alphas[torch.argmin(errors, dim=0)]  # (R,), first minimum = widest
         self.alphas, self.errors = alphas, errors
         return (best * lo).reshape(x_min.shape), (best * hi).reshape(x_max.shape)

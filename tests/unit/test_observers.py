@@ -309,6 +309,23 @@ def test_percentile_bounded_sample_rank_error() -> None:
     assert torch.equal(again.clip_range()[1], hi)  # seeded: reproducible
 
 
+def test_sample_is_bottom_k_of_all_keys() -> None:
+    """The bounded sample (with its pre-filter of hopeless new values) keeps exactly the values
+    whose keys are the ``capacity`` smallest of each row, replaying the same seeded keys naively."""
+    g = torch.Generator().manual_seed(18)
+    batches = [torch.randn(3, n, generator=g) for n in (50, 400, 7, 900, 1, 300)]
+    obs = PercentileObserver(QScheme(8, signed=False, axis=0), max_samples=3 * 64, seed=5)
+    for b in batches:
+        obs.update(b)
+    replay = torch.Generator().manual_seed(5)
+    keys = torch.cat([torch.rand(b.shape, generator=replay, dtype=torch.float64) for b in batches], dim=1)
+    values = torch.cat(batches, dim=1)
+    want = values.gather(1, keys.topk(64, dim=1, largest=False).indices)  # (3, 64)
+    got = obs.sample.values
+    assert got is not None and got.shape == (3, 64) and not obs.sample.exact
+    assert torch.equal(got.sort(dim=1).values, want.sort(dim=1).values)
+
+
 # ---- rare outliers: percentile, MSE and entropy clip them, min/max does not ---------------------------
 
 @pytest.mark.parametrize("kind, scheme, max_fraction", [

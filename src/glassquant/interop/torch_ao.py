@@ -141,23 +141,25 @@ def minmax_qconfig(engine_name: str, per_channel: bool, reduce_range: bool) -> A
 
 
 def eager_ptq(model: torch.nn.Sequential, calibration: list[Tensor], engine_name: str, *,
-              per_channel: bool, reduce_range: bool) -> torch.nn.Module:
+              per_channel: bool = True, reduce_range: bool = True, default_qconfig: bool = False) -> torch.nn.Module:
     """torch.ao eager post-training quantization of a float ``nn.Sequential`` (a copy):
-    QuantStub / DeQuantStub around it, Linear+ReLU pairs fused, min/max observers."""
+    QuantStub / DeQuantStub around it, Conv+BN(+ReLU) and Linear/Conv+ReLU fused, then either
+    min/max observers or torch.ao's default qconfig for the engine (HistogramObserver)."""
     _require()
     import copy
 
     import torch.ao.quantization as tq
 
-    from ..convert import linear_relu_pairs
+    from ..convert import sequential_patterns
 
     with engine_ctx(engine_name):
         body = copy.deepcopy(model).eval()
         m = torch.nn.Sequential(tq.QuantStub(), body, tq.DeQuantStub()).eval()
-        pairs = [[f"1.{a}", f"1.{b}"] for a, b in linear_relu_pairs(body).items()]
-        if pairs:
-            tq.fuse_modules(m, pairs, inplace=True)
-        m.qconfig = minmax_qconfig(engine_name, per_channel, reduce_range)
+        groups = [[f"1.{n}" for n in g] for g in sequential_patterns(body)]
+        if groups:
+            tq.fuse_modules(m, groups, inplace=True)
+        m.qconfig = (tq.get_default_qconfig(engine_name) if default_qconfig
+                     else minmax_qconfig(engine_name, per_channel, reduce_range))
         tq.prepare(m, inplace=True)
         with torch.no_grad():
             for b in calibration:
