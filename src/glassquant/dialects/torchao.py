@@ -96,7 +96,12 @@ def quantize(x: Tensor, scale: Tensor | float, zero_point: Tensor | int = 0, dty
     Returns ``dtype`` (int8) with the shape of ``x``.
     """
     check_finite(x, f"{NAME} quantize: x")
-    x = f32(x)
+    return _quantize(f32(x), scale, zero_point, dtype, axis, qmin, qmax)
+
+
+def _quantize(x: Tensor, scale: Tensor | float, zero_point: Tensor | int, dtype: torch.dtype,
+              axis: int | None, qmin: int, qmax: int) -> Tensor:
+    """:func:`quantize` without the finiteness check (the caller has made it)."""
     s = f32(torch.as_tensor(scale, dtype=torch.float32))
     z = torch.as_tensor(zero_point, dtype=torch.float64)
     if axis is not None:
@@ -105,7 +110,10 @@ def quantize(x: Tensor, scale: Tensor | float, zero_point: Tensor | int = 0, dty
         s = s.reshape(shape)
         z = z.reshape(shape) if z.numel() > 1 else z
     inv_scale = f32(1.0) / s  # float32 reciprocal
-    r = torch.round(x * inv_scale).to(torch.float64) + z  # one float32 multiply, rne; + zp exact
+    r = torch.round(x * inv_scale)  # one float32 multiply, rne: integer-valued float32
+    if z.numel() == 1 and float(z) == 0.0:
+        return r.clamp_(qmin, qmax).to(dtype)  # exact: integers and bounds are float32 values
+    r = r.to(torch.float64) + z  # + zp, exact
     return r.clamp(qmin, qmax).to(torch.int64).to(dtype)
 
 
@@ -155,12 +163,14 @@ def quantize_activation(x: Tensor, reduce_range: bool = False) -> tuple[Tensor, 
     accepted for the common dialect signature and ignored (as qnnpack ignores it).
     Leading dimensions other than M are kept: (..., K) -> (..., K), (..., 1).
     """
-    check_finite(x, f"{NAME} dynamic linear: input")
     if x.dim() == 0 or x.numel() == 0:
         raise ValueError(f"{NAME} dynamic linear: input must be a non-empty (M, K) tensor, got {tuple(x.shape)}")
     x = f32(x)
-    x_scale, _ = choose_qparams(x.amin(dim=-1, keepdim=True), x.amax(dim=-1, keepdim=True))  # (M, 1)
-    return quantize(x, x_scale), x_scale, 0
+    x_min, x_max = x.amin(dim=-1, keepdim=True), x.amax(dim=-1, keepdim=True)  # (M, 1); NaN propagates
+    if not bool(torch.isfinite(x_min).all() and torch.isfinite(x_max).all()):
+        check_finite(x, f"{NAME} dynamic linear: input")  # names the NaN/Inf count
+    x_scale, _ = choose_qparams(x_min, x_max)
+    return _quantize(x, x_scale, 0, torch.int8, None, QMIN, QMAX), x_scale, 0
 
 
 def dynamic_output(acc: Tensor, x_scale: Tensor | float, w_scale: Tensor | float, bias: Tensor | None,
@@ -175,10 +185,11 @@ def dynamic_output(acc: Tensor, x_scale: Tensor | float, w_scale: Tensor | float
     if sx.dim() == 1:
         sx = sx.reshape(-1, 1)  # (M,) -> (M, 1)
     sw = f32(as_column(w_scale, acc.shape[-1], torch.float32))  # (N,)
-    y = (f32(acc) * sx) * sw  # (M, N) * (M, 1) -> (M, N), then * (N,)
+    y = acc.to(torch.float32)  # one rounding (exact below 2**24); a new tensor, so in-place is safe
+    y.mul_(sx).mul_(sw)  # (M, N) * (M, 1), then * (N,): two float32 roundings, in this order
     if bias is not None:
-        y = y + f32(bias)
-    return y.clamp_min(0.0) if relu else y
+        y.add_(f32(bias))
+    return y.clamp_min_(0.0) if relu else y
 
 
 def linear_dynamic(x: Tensor, w_q: Tensor, w_scale: Tensor | float, w_zero_point: Tensor | int,

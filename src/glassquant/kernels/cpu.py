@@ -48,7 +48,8 @@ class PackedWeight:
 
 
 def accumulate_int_mm(x_q: Tensor, x_zero_point: int, packed: PackedWeight, name: str = "linear") -> Tensor:
-    """Exact accumulators via ``torch._int_mm``; int64 (M, N) holding int32 values.
+    """Exact accumulators via ``torch._int_mm``: int32 (M, N) when activations and weights are
+    symmetric int8 (no correction needed), else int64 (M, N) holding int32 values.
 
     Numerics: x_q uint8 or int8 (M, K); the matmul in int32 (cannot overflow for
     K < 2**17), corrections in int64; raises AccumulatorOverflowError if a result
@@ -58,6 +59,10 @@ def accumulate_int_mm(x_q: Tensor, x_zero_point: int, packed: PackedWeight, name
     k, n = packed.w_t.shape
     if x_q.dim() != 2 or x_q.shape[1] != k:
         raise ValueError(f"{name}: x_q {tuple(x_q.shape)} does not match weight (N, K) = ({n}, {k})")
+    if x_q.dtype == torch.int8 and int(x_zero_point) == 0 and not bool(packed.zero_point.any()):
+        # symmetric int8 on both sides: acc = x @ w^T exactly, int32 cannot overflow (K < 2**17)
+        x_c = x_q if x_q.stride() == (k, 1) else torch.empty((x_q.shape[0], k), dtype=torch.int8).copy_(x_q)
+        return torch._int_mm(x_c, packed.w_t)  # (M, K) @ (K, N) -> (M, N) int32
     shift = 128 if x_q.dtype == torch.uint8 else 0
     x_s8 = torch.empty(x_q.shape, dtype=torch.int8)  # (M, K) with standard strides, see PackedWeight.pack
     x_s8.copy_((x_q.to(torch.int16) - shift) if shift else x_q)

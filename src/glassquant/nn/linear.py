@@ -235,8 +235,10 @@ class DynamicQuantLinear(QuantModule):
         d = self.dialect
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)  # (M, K)
-        check_finite(x2, f"{self.name}: input")
-        x_q, x_scale, x_zp = d.quantize_activation(x2, self.reduce_range)
+        try:
+            x_q, x_scale, x_zp = d.quantize_activation(x2, self.reduce_range)  # checks NaN/Inf
+        except ValueError as e:
+            raise ValueError(f"{self.name}: {e}") from e
         if fast:
             if self._packed is None:
                 self._packed = PackedWeight.pack(self.w_q, self.w_zero_point)

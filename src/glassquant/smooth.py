@@ -1,0 +1,330 @@
+"""SmoothQuant (Xiao et al. 2022, arXiv:2211.10438): move activation outliers into the weights.
+
+For a Linear ``y = x @ W.T + b`` with input channels ``j = 0..K-1`` and any ``s > 0`` (K,)::
+
+    y = (x / s) @ (W * s).T + b                                              (S1)
+
+so dividing input channel ``j`` by ``s_j`` and multiplying weight column ``W[:, j]`` by it
+changes nothing in exact arithmetic. Choosing (SmoothQuant's eq. 4)::
+
+    s_j = max|X_j| ** alpha / max|W_j| ** (1 - alpha)                        (S2)
+
+(``max|X_j|`` over the calibration batches, ``max|W_j|`` over the column) flattens the
+per-channel ranges of ``x / s`` — a per-tensor activation scale then wastes fewer levels on
+a few outlier channels — at the price of wider weight columns (int8 per output channel).
+``alpha = 0`` leaves activations alone (up to the weight normalization), ``alpha = 1``
+moves all of their range into the weights.
+
+Where ``x / s`` is computed:
+
+* **folded into a LayerNorm**: when every call of the Linear takes exactly a
+  ``nn.LayerNorm``'s output (the same tensor object) and that output reaches nothing but
+  smoothed Linears (pre-LN attention: q, k, v), the LayerNorm's weight and bias are
+  multiplied by ``1 / s`` and the Linears it feeds share one ``s`` (max over their
+  activations and over their concatenated weight columns, as SmoothQuant does for q/k/v).
+  Consumers are found on a traced forward pass (a ``TorchFunctionMode`` sees every op that
+  reads the LayerNorm's output); a residual add, an in-place op or the model's output
+  reading it forbids the fold (post-LN BERT: every LayerNorm feeds a residual).
+* **otherwise** an explicit float :class:`ChannelScale` (``x * inv_s``) is put in front:
+  the Linear at ``name`` becomes ``nn.Sequential(ChannelScale, Linear)``, so after
+  smoothing the Linear lives at ``name + ".1"`` and its scale at ``name + ".0"``.
+
+With ``pow2=True`` (default) every ``s_j`` is a power of two: ``x * 2**-k`` and ``W * 2**k``
+are exact in float32 (no overflow, no subnormals inside the clamp), every product
+``x_j * W[i, j]`` is unchanged, and the smoothed float model computes the *same* floats as
+the original (bit for bit when the kernels accumulate in the same order). The rounding of
+``s`` to a power of two moves each channel's range by at most a factor sqrt(2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
+__all__ = ["S_MAX", "S_MIN", "ChannelScale", "channel_max", "default_run", "insert_channel_scale",
+           "smooth", "smoothing_scales"]
+
+#: Clamp of ``s`` (powers of two, so the clamp itself is exact): SmoothQuant clamps at 1e-5.
+S_MIN, S_MAX = 2.0 ** -16, 2.0 ** 16
+
+
+class ChannelScale(nn.Module):
+    """Multiply the last dimension by a float32 vector: ``x * inv_s`` (the ``x / s`` of eq. S1).
+
+    Built from JSON-able arguments only (``num_features``; ``inv_s`` starts at ones and is
+    a persistent buffer), so the file format can rebuild it with its ``state_dict``.
+    """
+
+    def __init__(self, num_features: int, inv_s: Tensor | None = None) -> None:
+        super().__init__()
+        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
+            raise ValueError(f"ChannelScale: num_features must be a positive int, got {num_features!r}")
+        if inv_s is None:
+            inv_s = torch.ones(num_features, dtype=torch.float32)
+        if not isinstance(inv_s, Tensor) or inv_s.dtype != torch.float32 or inv_s.shape != (num_features,):
+            got = f"{inv_s.dtype} {list(inv_s.shape)}" if isinstance(inv_s, Tensor) else type(inv_s).__name__
+            raise ValueError(f"ChannelScale: inv_s must be float32 of shape [{num_features}], got {got}")
+        if not inv_s.is_meta and not bool((torch.isfinite(inv_s) & (inv_s > 0)).all()):
+            raise ValueError("ChannelScale: inv_s must be finite and > 0")
+        self.num_features = num_features
+        self.inv_s: Tensor
+        self.register_buffer("inv_s", inv_s.detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (..., K) float -> x * inv_s (..., K); one float multiply per element, in x's dtype."""
+        if x.shape[-1] != self.num_features:
+            raise ValueError(f"ChannelScale: input has {x.shape[-1]} features, expected {self.num_features}")
+        return x * self.inv_s.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"num_features={self.num_features}"
+
+
+def channel_max(x: Tensor) -> Tensor:
+    """max |x| over every dimension but the last: the per-input-channel range of eq. S2.
+
+    Numerics: x float (..., K) -> float32 (K,), exact (a max, then a widening cast).
+    """
+    return x.detach().abs().reshape(-1, x.shape[-1]).amax(dim=0).to(torch.float32)  # (M, K) -> (K,)
+
+
+def smoothing_scales(act_max: Tensor, weight_max: Tensor, alpha: float, *, pow2: bool = True
+                     ) -> tuple[Tensor, Tensor]:
+    """``(s, inv_s)`` of eq. S2 for one input-channel vector.
+
+    Numerics: act_max, weight_max float (K,), >= 0, finite. Computed in float64:
+    ``s = act_max ** alpha / weight_max ** (1 - alpha)``; a channel with ``act_max == 0`` or
+    ``weight_max == 0`` has nothing to migrate and gets ``s = 1``; ``pow2`` rounds
+    ``log2(s)`` to the nearest integer (within a factor sqrt(2) of eq. S2; a tie would need
+    ``s = 2**(k + 1/2)``, irrational, so none occurs); then clamp to
+    ``[S_MIN, S_MAX] = [2**-16, 2**16]``. Returns float32 (K,) ``s`` and ``inv_s`` = the
+    float32 of ``1 / s`` (exact when ``pow2``). Example: act_max 64, weight_max 0.25,
+    alpha 0.5 -> s = 8 / 0.5 = 16, inv_s = 0.0625.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"smoothing alpha must be in [0, 1], got {alpha}")
+    if act_max.shape != weight_max.shape or act_max.dim() != 1:
+        raise ValueError(f"smoothing_scales: act_max {list(act_max.shape)} and weight_max {list(weight_max.shape)} "
+                         "must be the same 1-D shape (K,)")
+    a, w = act_max.to(torch.float64), weight_max.to(torch.float64)
+    if not bool((torch.isfinite(a) & torch.isfinite(w) & (a >= 0) & (w >= 0)).all()):
+        raise ValueError("smoothing_scales: act_max and weight_max must be finite and >= 0")
+    live = (a > 0) & (w > 0)
+    s = torch.where(live, a.clamp_min(1e-300) ** alpha / w.clamp_min(1e-300) ** (1.0 - alpha), 1.0)
+    if pow2:
+        s = torch.exp2(torch.round(torch.log2(s)))
+    s = s.clamp(S_MIN, S_MAX)
+    return s.to(torch.float32), (1.0 / s).to(torch.float32)
+
+
+def default_run(model: nn.Module, batch: Any) -> Any:
+    """One forward pass: a dict is keyword inputs, a tuple/list positional inputs, else one input."""
+    if isinstance(batch, dict):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    return model(batch)
+
+
+def insert_channel_scale(model: nn.Module, name: str, inv_s: Tensor) -> ChannelScale:
+    """Put ``ChannelScale(inv_s)`` in front of the Linear at ``name``: the module there becomes
+    ``nn.Sequential(scale, linear)``. If the Linear already sits behind a ChannelScale in such a
+    pair (smoothed twice), the existing scale is multiplied by ``inv_s`` instead."""
+    if not name:
+        raise ValueError("insert_channel_scale: the root module cannot be wrapped; give a submodule name")
+    linear = model.get_submodule(name)
+    if not isinstance(linear, nn.Linear) or inv_s.shape != (linear.in_features,):
+        raise ValueError(f"layer {name!r}: needs an nn.Linear and inv_s of shape [in_features], "
+                         f"got {type(linear).__name__} and {list(inv_s.shape)}")
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    if isinstance(parent, nn.Sequential) and len(parent) == 2 and child == "1" and isinstance(parent[0], ChannelScale):
+        old = parent[0]
+        assert isinstance(old, ChannelScale)
+        old.inv_s.mul_(inv_s.to(torch.float32))
+        return old
+    scale = ChannelScale(linear.in_features, inv_s.to(torch.float32))
+    setattr(parent, child, nn.Sequential(scale, linear))
+    return scale
+
+
+class _Trace(TorchFunctionMode):
+    """Hooks and a torch-function mode for one forward pass: who produced each Linear input,
+    what else reads each LayerNorm output, and each Linear's per-channel input range."""
+
+    def __init__(self, linears: dict[str, nn.Linear], norms: dict[str, nn.LayerNorm]) -> None:
+        super().__init__()
+        self.paused = False
+        self.ln_out: dict[int, tuple[str, Tensor]] = {}  # id -> (LayerNorm, output kept alive)
+        self.weight_of = {id(m.weight): n for n, m in linears.items()}
+        self.act_max: dict[str, Tensor] = {}
+        self.producers: dict[str, set[str | None]] = {n: set() for n in linears}
+        self.module_calls = dict.fromkeys(linears, 0)
+        self.functional_calls = dict.fromkeys(linears, 0)
+        self.foreign: dict[str, str] = {}  # LayerNorm -> the op that read its output
+        self.ln_readers: dict[str, set[str]] = {n: set() for n in norms}  # LayerNorm -> Linears (F.linear)
+        self.handles = [m.register_forward_pre_hook(self._linear_hook(n), with_kwargs=True)
+                        for n, m in linears.items()]
+        self.handles += [m.register_forward_hook(self._norm_hook(n)) for n, m in norms.items()]
+
+    def _linear_hook(self, name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            x = args[0] if args else kwargs.get("input")
+            if not isinstance(x, Tensor) or not x.is_floating_point() or x.numel() == 0:
+                raise ValueError(f"layer {name!r}: smoothing needs a non-empty float tensor input, "
+                                 f"got {type(x).__name__}")
+            self.paused = True
+            try:  # NaN propagates through the max and is reported by smooth()
+                m = channel_max(x)
+                self.act_max[name] = m if name not in self.act_max else torch.maximum(self.act_max[name], m)
+            finally:
+                self.paused = False
+            hit = self.ln_out.get(id(x))
+            self.producers[name].add(hit[0] if hit is not None and hit[1] is x else None)
+            self.module_calls[name] += 1
+        return hook
+
+    def _norm_hook(self, name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], y: Any) -> None:
+            if isinstance(y, Tensor):
+                self.ln_out[id(y)] = (name, y)
+        return hook
+
+    def _tracked(self, values: Iterable[Any]) -> list[tuple[str, Tensor]]:
+        hits = []
+        for v in values:
+            hit = self.ln_out.get(id(v)) if isinstance(v, Tensor) else None
+            if hit is not None and hit[1] is v:
+                hits.append(hit)
+        return hits
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.paused:
+            return out
+        if func is torch.nn.functional.linear:
+            w = args[1] if len(args) > 1 else kwargs.get("weight")
+            if id(w) in self.weight_of:
+                self.functional_calls[self.weight_of[id(w)]] += 1
+        hits = self._tracked(tree_flatten((args, kwargs))[0])
+        if not hits:
+            return out
+        name = getattr(func, "__name__", str(func))
+        in_place = (name.endswith("_") and not name.startswith("__")) or name.startswith("__i")
+        if func is torch.nn.functional.linear and len(hits) == 1 and len(args) > 1 and args[0] is hits[0][1] \
+                and id(args[1]) in self.weight_of:
+            self.ln_readers[hits[0][0]].add(self.weight_of[id(args[1])])
+            return out  # a Linear reads it: allowed if that Linear joins the LayerNorm's group
+        if not in_place and any(o is t for _, t in hits for o in tree_flatten(out)[0]):
+            return out  # a pass-through (eval dropout, contiguous): later readers are seen
+        if not in_place and not any(isinstance(o, Tensor) for o in tree_flatten(out)[0]):
+            return out  # metadata (size, dim, dtype)
+        for ln, _ in hits:
+            self.foreign.setdefault(ln, name)
+        return out
+
+    def end_batch(self, output: Any) -> None:
+        """The model's output may not be a LayerNorm's output (it would change); forget ids."""
+        for ln, _ in self._tracked(_leaves(output)):
+            self.foreign.setdefault(ln, "model output")
+        self.ln_out.clear()
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _leaves(obj: Any) -> list[Any]:
+    """Tensors in nested dicts / lists / tuples (HF ``ModelOutput`` is a dict)."""
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _leaves(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _leaves(v)]
+    return [obj] if isinstance(obj, Tensor) else []
+
+
+def _eligible(model: nn.Module, names: Collection[str] | None) -> dict[str, nn.Linear]:
+    """Plain float nn.Linear layers whose weight no other module shares (tied weights would change)."""
+    owners: dict[int, int] = {}
+    for m in model.modules():
+        for p in m._parameters.values():
+            if p is not None:
+                owners[id(p)] = owners.get(id(p), 0) + 1
+    out = {}
+    for n, m in model.named_modules():
+        if n and type(m) is nn.Linear and (names is None or n in names) and m.weight.is_floating_point() \
+                and owners[id(m.weight)] == 1:
+            out[n] = m
+    return out
+
+
+def smooth(model: nn.Module, batches: Iterable[Any], alpha: float,
+           run: Callable[[nn.Module, Any], Any] = default_run, *, pow2: bool = True,
+           names: Collection[str] | None = None) -> list[str]:
+    """SmoothQuant ``model`` in place (eqs. S1, S2); returns the names of the smoothed Linears.
+
+    ``batches``: calibration inputs, each given to ``run(model, batch)`` (which should return
+    the model's output: a LayerNorm output that leaves the model is never folded).
+    ``names``: only these Linears (default every ``nn.Linear`` below the root called on the batches; one with
+    a weight shared by another module, or whose weight is used outside its own forward, is
+    left alone). Names returned are those before smoothing; a Linear smoothed through a
+    :class:`ChannelScale` now lives at ``name + ".1"``. The float model computes the same
+    function: exactly the same floats with ``pow2=True`` (see module docstring).
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"smooth: alpha must be a number in [0, 1], got {alpha!r}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"smooth: model must be an nn.Module, got {type(model).__name__}")
+    linears = _eligible(model, names)
+    norms = {n: m for n, m in model.named_modules() if isinstance(m, nn.LayerNorm)}
+    trace = _Trace(linears, norms)
+    seen = 0
+    try:
+        with torch.no_grad(), trace:
+            for b in batches:
+                trace.end_batch(run(model, b))
+                seen += 1
+    finally:
+        trace.remove()
+    if seen == 0:
+        raise ValueError("smooth: calibration data is empty: give at least one input batch")
+    called = {n: m for n, m in linears.items()
+              if trace.module_calls[n] > 0 and trace.module_calls[n] == trace.functional_calls[n]}
+    for n in called:
+        if not bool(torch.isfinite(trace.act_max[n]).all()):
+            raise ValueError(f"layer {n!r}: input contains NaN or Inf on the calibration data; smoothing needs "
+                             "finite values")
+    groups: dict[str, list[str]] = {}  # LayerNorm -> Linears to fold into it
+    for ln, readers in trace.ln_readers.items():
+        if readers and ln not in trace.foreign and norms[ln].weight is not None and \
+                all(n in called and trace.producers[n] == {ln} for n in readers):
+            groups[ln] = [n for n in called if n in readers]  # model order
+    with torch.no_grad():
+        folded: set[str] = set()
+        for ln, members in groups.items():
+            norm = norms[ln]
+            act = torch.stack([trace.act_max[n] for n in members]).amax(dim=0)
+            w_max = torch.cat([linears[n].weight.detach().abs() for n in members]).amax(dim=0).float()
+            s, inv_s = smoothing_scales(act, w_max, alpha, pow2=pow2)
+            for n in members:
+                linears[n].weight.mul_(s.to(linears[n].weight.dtype))
+            assert norm.weight is not None
+            norm.weight.mul_(inv_s.to(norm.weight.dtype))
+            if norm.bias is not None:
+                norm.bias.mul_(inv_s.to(norm.bias.dtype))
+            folded.update(members)
+        for n, m in called.items():
+            if n in folded:
+                continue
+            s, inv_s = smoothing_scales(trace.act_max[n], m.weight.detach().abs().amax(dim=0).float(), alpha,
+                                        pow2=pow2)
+            m.weight.mul_(s.to(m.weight.dtype))
+            insert_channel_scale(model, n, inv_s)
+    return [n for n in linears if n in called]
+
