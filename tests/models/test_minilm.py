@@ -80,3 +80,19 @@ def test_w4g128_weight_only_target(model: nn.Module, reference: torch.Tensor) ->
     q = gq.quantize(copy.deepcopy(model), "w4g128-weight-only")
     a = minilm.agreement(reference, minilm.encode(q, SENTENCES))
     assert a.mean_cosine >= 0.98, a
+
+
+def test_cli_quantize_minilm_directory_and_reload(tmp_path: Path, model: nn.Module) -> None:
+    from glassquant import cli
+
+    out = tmp_path / "minilm-q"
+    code = cli.main(["quantize", str(minilm.model_dir()), "--preset", "w8a8-dynamic",
+                     "--calibration", str(DATA / "calibration.txt"), "--out", str(out)])
+    assert code == 0
+    report = (out / "report.md").read_text()
+    assert report.count("DynamicQuantLinear") == 37
+    with pytest.raises(gq.FormatError, match="skeleton"):
+        gq.load(out / "model.safetensors")  # a SentenceTransformer is not rebuilt from the file alone
+    reloaded = gq.load(out / "model.safetensors", model=minilm.load())
+    direct = gq.quantize(copy.deepcopy(model), "w8a8-dynamic")
+    assert torch.equal(minilm.encode(reloaded, SENTENCES[:40]), minilm.encode(direct, SENTENCES[:40]))
