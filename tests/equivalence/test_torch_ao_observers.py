@@ -13,6 +13,7 @@ import warnings
 import pytest
 import torch
 
+from glassquant.histogram import Histogram, l2_clip_search
 from glassquant.observers import HistogramObserver, MinMaxObserver, MovingAverageMinMaxObserver, make_observer
 from glassquant.scheme import QScheme
 
@@ -148,6 +149,28 @@ def test_histogram_details_matter() -> None:
         assert h is not None
         differ["upsample_rate=1"] += int(not torch.equal(h.counts, ao.histogram))
     assert all(n >= 3 for n in differ.values()), differ
+
+
+def test_l2_search_on_adversarial_histograms() -> None:
+    """``l2_clip_search`` against torch.ao's ``_non_linear_param_search`` on 20 small histograms
+    whose totals are multiples of 100000, so that ``alpha * total`` lands on whole counts and
+    the cumulative counts compare equal to it: there torch's float32 comparison and a float64
+    one disagree (found by mutation: comparing in float64 changes the range of cases 7, 9, 11
+    and 18). Buffers are set directly; the search is what is compared."""
+    from torch.ao.quantization import HistogramObserver as AOHistogram
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        bins = int(torch.randint(4, 40, (1,), generator=g))
+        total = 100000 * int(torch.randint(1, 4, (1,), generator=g))
+        counts = torch.randint(0, 4, (bins,), generator=g).float() * (torch.rand(bins, generator=g) < 0.5)
+        counts[bins // 2] += total - counts.sum()
+        lo, hi = torch.tensor(-1.0), torch.tensor(3.0)
+        ao = AOHistogram(bins=bins)
+        ao.histogram, ao.min_val, ao.max_val = counts.clone(), lo.clone(), hi.clone()
+        ref_lo, ref_hi = ao._non_linear_param_search()
+        got_lo, got_hi = l2_clip_search(Histogram(counts, lo, hi))
+        assert torch.equal(got_lo, ref_lo) and torch.equal(got_hi, ref_hi), counts.tolist()
 
 
 # ---- MovingAverage (per tensor and per channel) -----------------------------------------------------

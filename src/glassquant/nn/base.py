@@ -31,6 +31,13 @@ class QuantModule(nn.Module):
     meta_fields: ClassVar[tuple[str, ...]] = ()
     optional_tensors: ClassVar[tuple[str, ...]] = ("bias",)
 
+    @property
+    def dialect(self) -> Any:
+        """The dialect module of ``self.engine`` (looked up, never stored: modules cannot be copied)."""
+        from .. import dialects
+
+        return dialects.get(self.engine)
+
     def record(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         """``(tensors, meta)``: everything needed to rebuild this layer, nothing executable."""
         tensors = {k: v.detach().clone().contiguous() for k, v in self.state_dict().items() if v is not None}

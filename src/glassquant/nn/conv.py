@@ -259,7 +259,7 @@ class _QuantConvNd(QuantModule):
         for label, z in (("x_zero_point", x_zero_point), ("y_zero_point", y_zero_point)):
             if not 0 <= int(z) <= 255:
                 raise ValueError(f"{name}: {label} {z} outside uint8 [0, 255]")
-        self.dialect = dialects.get(engine)
+        dialects.get(engine)  # validates the engine name
         if engine == "onednn" and bool(w_zero_point.ne(0).any()):
             raise ValueError(f"{name}: the onednn engine takes symmetric weights only (weight zero points 0)")
         self.engine, self.relu, self.name = engine, bool(relu), name

@@ -98,7 +98,7 @@ class QuantLinear(QuantModule):
         for label, z in (("x_zero_point", x_zero_point), ("y_zero_point", y_zero_point)):
             if not 0 <= int(z) <= 255:
                 raise ValueError(f"{name}: {label} {z} outside uint8 [0, 255]")
-        self.dialect = dialects.get_static(engine)
+        dialects.get_static(engine)  # validates: a static integer path exists
         self.engine, self.relu, self.name, self.check_overflow = engine, relu, name, check_overflow
         self.x_scale, self.x_zero_point = float(x_scale), int(x_zero_point)
         self.y_scale, self.y_zero_point = float(y_scale), int(y_zero_point)
@@ -208,7 +208,7 @@ class DynamicQuantLinear(QuantModule):
             check_finite(bias, f"{name}: bias")
             if bias.shape != (n,):
                 raise ValueError(f"{name}: bias shape {tuple(bias.shape)} != ({n},)")
-        self.dialect = dialects.get(engine)
+        dialects.get(engine)  # validates the engine name
         self.engine, self.reduce_range, self.relu, self.name = engine, reduce_range, relu, name
         self.register_buffer("w_q", w_q.contiguous())
         self.register_buffer("w_scale", torch.as_tensor(w_scale, dtype=torch.float32).reshape(-1))
