@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             workflow.report_command(args, console)
     except (ValueError, FileNotFoundError, RuntimeError, TypeError) as e:
-        console.print(f"[red]error:[/red] {e}")
+        from rich.markup import escape
+
+        console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
         return 2
     return 0
 
