@@ -68,11 +68,19 @@ class WeightOnlyConfig:
     bits: int = 8
     group_size: int | None = None
     embeddings: bool = True
-    method: str = "rtn"  # "rtn" (round to nearest) or "gptq" (error-compensating, needs calibration)
+    #: "rtn" (round to nearest), "gptq" (error-compensating, needs calibration), or "auto":
+    #: GPTQ for int4 when calibration data is given, else round to nearest.
+    method: str = "auto"
+    act_order: bool = True  # GPTQ: quantize columns in order of decreasing Hessian diagonal
+    percdamp: float = 0.1  # GPTQ: dampening, a fraction of the mean Hessian diagonal
 
     def __post_init__(self) -> None:
-        if self.method not in ("rtn", "gptq"):
-            raise ValueError(f"WeightOnlyConfig.method must be 'rtn' or 'gptq', got {self.method!r}")
+        if self.method not in ("rtn", "gptq", "auto"):
+            raise ValueError(f"WeightOnlyConfig.method must be 'rtn', 'gptq' or 'auto', got {self.method!r}")
+        if self.method == "gptq" and self.bits != 4:
+            raise ValueError("GPTQ is implemented for int4 weight-only (bits=4)")
+        if not self.percdamp > 0:
+            raise ValueError(f"WeightOnlyConfig.percdamp must be > 0, got {self.percdamp}")
         if self.bits not in (4, 8):
             raise ValueError(f"WeightOnlyConfig.bits must be 4 or 8, got {self.bits}")
         if self.bits == 4 and self.group_size not in (32, 64, 128):

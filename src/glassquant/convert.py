@@ -226,6 +226,30 @@ def _convert_other(name: str, module: nn.Module, cfg: DynamicConfig | WeightOnly
     return WeightOnlyLinear.from_float(module, bits=cfg.bits, group_size=cfg.group_size, name=name)
 
 
+def _gptq_hessians(model: nn.Module, layers: dict[str, nn.Module], calibration: Iterable[Any] | None,
+                   cfg: WeightOnlyConfig, progress: bool | None) -> dict[str, Any]:
+    """Input Hessians ``2/n sum x x^T`` of the int4 Linears, when GPTQ applies (see WeightOnlyConfig)."""
+    if cfg.bits != 4 or cfg.method == "rtn" or (cfg.method == "auto" and calibration is None):
+        return {}
+    from .gptq import HessianAccumulator
+
+    batches = _batches(calibration)
+    accs = {n: HessianAccumulator(m.in_features, f"layer {n!r}") for n, m in layers.items()
+            if isinstance(m, nn.Linear)}
+    handles = [layers[n].register_forward_pre_hook(lambda mod, a, acc=acc: acc.add(a[0].detach()))
+               for n, acc in accs.items()]
+    try:
+        with torch.no_grad(), _progress(progress) as bar:
+            task = bar.add_task(f"GPTQ statistics for {len(accs)} layers", total=len(batches))
+            for b in batches:
+                _run(model, b)
+                bar.advance(task)
+    finally:
+        for h in handles:
+            h.remove()
+    return accs
+
+
 def quantize(model: nn.Module, config: str | Config = "x86", calibration: Iterable[Any] | None = None, *,
              include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
              types: Sequence[type[nn.Module]] | None = None, fuse: Sequence[Sequence[str]] | None = None,
@@ -262,6 +286,7 @@ def quantize(model: nn.Module, config: str | Config = "x86", calibration: Iterab
                          f"(looked for {', '.join('nn.' + t.__name__ for t in candidates)})")
     observers = calibrate(model, layers, relu_of, _batches(calibration), cfg, progress) \
         if isinstance(cfg, StaticConfig) else {}
+    hessians = _gptq_hessians(model, layers, calibration, cfg, progress) if isinstance(cfg, WeightOnlyConfig) else {}
     with _progress(progress) as bar:
         task = bar.add_task(f"converting {len(layers)} layers", total=len(layers))
         for n, m in layers.items():
@@ -275,6 +300,12 @@ def quantize(model: nn.Module, config: str | Config = "x86", calibration: Iterab
                     out_lo, out_hi = obs_out.observed_range()
                     result.calibration[n] = LayerCalibration(
                         (float(in_lo), float(in_hi)), (float(out_lo), float(out_hi)), x, y, obs_in.batches)
+                elif n in hessians:
+                    from .gptq import quantize_linear_gptq
+
+                    assert isinstance(cfg, WeightOnlyConfig) and isinstance(m, nn.Linear)
+                    new = quantize_linear_gptq(m, hessians[n].hessian(), cfg.bits, cfg.group_size or 128, n,
+                                               act_order=cfg.act_order, percdamp=cfg.percdamp)
                 else:
                     new = _convert_other(n, m, cfg)
             except (ValueError, OverflowError) as e:  # e.g. an int32 overflow certificate fails

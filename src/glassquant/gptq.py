@@ -54,9 +54,10 @@ class HessianAccumulator:
 
     Numerics: each batch ``x`` float (..., K) is flattened to rows (M, K) and converted to
     float64 (exact); ``x^T x`` is summed in float64. ``hessian()`` returns ``2/n * sum``
-    float64 (K, K), ``n`` the number of rows seen. The reference rescales a float32 running
-    mean after every batch; summing first and dividing once gives the same matrix up to its
-    float32 roundings.
+    float64 (K, K), ``n`` the number of rows (tokens) seen. The reference keeps a float32
+    running mean, rescaled after every batch, and counts sequences rather than tokens: its H
+    is ours times (tokens per sequence) up to float32 roundings, and GPTQ does not depend on
+    a constant factor of H (dampening is relative; ``U`` and the errors scale inversely).
     """
 
     def __init__(self, in_features: int, name: str = "layer") -> None:

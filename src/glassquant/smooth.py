@@ -29,6 +29,20 @@ Where ``x / s`` is computed:
   the Linear at ``name`` becomes ``nn.Sequential(ChannelScale, Linear)``, so after
   smoothing the Linear lives at ``name + ".1"`` and its scale at ``name + ".0"``.
 
+Static integer layers also requantize their *output* to one per-tensor uint8 grid, and
+eq. S2 cannot help there. In all-MiniLM-L6-v2 that is the larger error: BERT's FFN
+down-projection writes a few huge residual-stream channels, and output quantization alone
+caps the mean embedding cosine near 0.958. ``outputs=True`` applies the same identity to
+the output side::
+
+    y = ((x / s) @ (W * s * t[:, None]).T + b * t) / t                    (S3)
+
+with powers of two ``t >= 1`` (:func:`output_scales`) that widen each output channel towards
+the per-tensor range without leaving it; the ``/ t`` is a :class:`ChannelScale` behind the
+Linear (``nn.Sequential(ChannelScale | Identity, Linear, ChannelScale)``). Row scaling by a
+power of two leaves per-channel int8 weights unchanged (only ``w_scale`` moves), so this is
+per-channel output quantization expressed with a per-tensor integer layer.
+
 With ``pow2=True`` (default) every ``s_j`` is a power of two: ``x * 2**-k`` and ``W * 2**k``
 are exact in float32 (no overflow, no subnormals inside the clamp), every product
 ``x_j * W[i, j]`` is unchanged, and the smoothed float model computes the *same* floats as
@@ -38,6 +52,7 @@ the original (bit for bit when the kernels accumulate in the same order). The ro
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
@@ -131,26 +146,88 @@ def default_run(model: nn.Module, batch: Any) -> Any:
     return model(batch)
 
 
-def insert_channel_scale(model: nn.Module, name: str, inv_s: Tensor) -> ChannelScale:
-    """Put ``ChannelScale(inv_s)`` in front of the Linear at ``name``: the module there becomes
-    ``nn.Sequential(scale, linear)``. If the Linear already sits behind a ChannelScale in such a
-    pair (smoothed twice), the existing scale is multiplied by ``inv_s`` instead."""
+def output_scales(out_min: Tensor, out_max: Tensor) -> tuple[Tensor, Tensor]:
+    """``(t, inv_t)`` of eq. S3: powers of two that widen each output channel towards the whole
+    per-tensor range ``[LO, HI] = [min_i out_min[i], max_i out_max[i]]`` without leaving it.
+
+    Numerics: out_min, out_max float (N,), finite, ``out_min <= out_max`` (per-channel range of
+    ``y`` on the calibration data). ``t_i = 2**k_i`` with ``k_i`` the largest integer such that
+    ``t_i * out_max[i] <= HI`` (if ``out_max[i] > 0``) and ``t_i * out_min[i] >= LO`` (if
+    ``out_min[i] < 0``): ``floor(log2(HI / out_max[i]))`` etc. in float64, corrected by one when
+    the log rounds across an integer (products with powers of two are exact, so the check is).
+    Hence the range of ``y * t`` is the range of ``y`` (same per-tensor qparams) and every
+    channel gets at least as many levels. ``k_i >= 0``; an all-zero channel gets ``k_i = 0``;
+    ``t <= S_MAX``. Returns float32 (N,) ``t`` and the exact ``inv_t = 1 / t``. Example: ranges
+    [-8, 8], [-1, 3], [0, 0.5] -> t [1, 2, 16] ([-2, 6], [0, 8] inside [-8, 8]).
+    """
+    lo, hi = out_min.to(torch.float64), out_max.to(torch.float64)
+    if lo.dim() != 1 or lo.shape != hi.shape or lo.numel() == 0 or \
+            not bool((torch.isfinite(lo) & torch.isfinite(hi) & (lo <= hi)).all()):
+        raise ValueError(f"output_scales: out_min {list(out_min.shape)} and out_max {list(out_max.shape)} must be "
+                         "non-empty 1-D ranges, finite, with out_min <= out_max")
+    top, bottom = hi.max(), lo.min()
+    inf = torch.full_like(hi, math.inf)
+
+    def largest_k(bound: Tensor, v: Tensor, live: Tensor) -> Tensor:  # max k with 2**k * v within bound
+        k = torch.where(live, torch.floor(torch.log2(bound / torch.where(live, v, 1.0))), inf)
+        return torch.where(live & (torch.exp2(k) * v.abs() > bound.abs()), k - 1, k)
+
+    k = torch.minimum(largest_k(top, hi, hi > 0), largest_k(bottom, lo, lo < 0))
+    k = torch.where(torch.isinf(k), 0.0, k)
+    t = torch.exp2(k).clamp(1.0, S_MAX)
+    return t.to(torch.float32), (1.0 / t).to(torch.float32)
+
+
+def _wrapper(model: nn.Module, name: str) -> tuple[nn.Module, str, nn.Linear]:
+    """(parent, child name, Linear) of the nn.Linear at ``name``; ValueError otherwise."""
     if not name:
         raise ValueError("insert_channel_scale: the root module cannot be wrapped; give a submodule name")
     linear = model.get_submodule(name)
-    if not isinstance(linear, nn.Linear) or inv_s.shape != (linear.in_features,):
-        raise ValueError(f"layer {name!r}: needs an nn.Linear and inv_s of shape [in_features], "
-                         f"got {type(linear).__name__} and {list(inv_s.shape)}")
+    if not isinstance(linear, nn.Linear):
+        raise ValueError(f"layer {name!r}: needs an nn.Linear, got {type(linear).__name__}")
     parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    if isinstance(parent, nn.Sequential) and len(parent) == 2 and child == "1" and isinstance(parent[0], ChannelScale):
-        old = parent[0]
-        assert isinstance(old, ChannelScale)
-        old.inv_s.mul_(inv_s.to(torch.float32))
-        return old
-    scale = ChannelScale(linear.in_features, inv_s.to(torch.float32))
-    setattr(parent, child, nn.Sequential(scale, linear))
-    return scale
+    return (model.get_submodule(parent_name) if parent_name else model), child, linear
+
+
+def _is_wrapped(parent: nn.Module, child: str) -> bool:
+    """Whether ``parent`` is a wrapper made here: ``Sequential(ChannelScale, Linear)`` or
+    ``Sequential(ChannelScale | Identity, Linear, ChannelScale)``, the Linear at "1"."""
+    if not isinstance(parent, nn.Sequential) or child != "1":
+        return False
+    if len(parent) == 2:
+        return isinstance(parent[0], ChannelScale)
+    return (len(parent) == 3 and isinstance(parent[0], (ChannelScale, nn.Identity))
+            and isinstance(parent[2], ChannelScale))
+
+
+def insert_channel_scale(model: nn.Module, name: str, inv_s: Tensor, *, after: bool = False) -> str:
+    """Put ``ChannelScale(inv_s)`` in front of (``after``: behind) the nn.Linear at ``name``.
+
+    The module at ``name`` becomes ``nn.Sequential(ChannelScale | Identity, Linear[,
+    ChannelScale])``; returns the Linear's new name, ``name + ".1"``. If the Linear already sits
+    in such a wrapper (smoothed twice), the existing scale is multiplied by ``inv_s`` (or an
+    Identity replaced, or the output scale appended) instead of nesting.
+    """
+    parent, child, linear = _wrapper(model, name)
+    k = linear.out_features if after else linear.in_features
+    if inv_s.shape != (k,):
+        raise ValueError(f"layer {name!r}: inv_s must have shape [{k}] ({'out' if after else 'in'}_features), "
+                         f"got {list(inv_s.shape)}")
+    inv_s = inv_s.to(torch.float32)
+    if not _is_wrapped(parent, child):
+        wrapped = nn.Sequential(nn.Identity(), linear)
+        setattr(parent, child, wrapped)
+        parent, child, name = wrapped, "1", f"{name}.1"
+    assert isinstance(parent, nn.Sequential)
+    slot = 2 if after else 0
+    old = parent[slot] if slot < len(parent) else None
+    if isinstance(old, ChannelScale):
+        old.inv_s.mul_(inv_s)
+    elif after:
+        parent.append(ChannelScale(k, inv_s))
+    else:
+        parent[0] = ChannelScale(k, inv_s)
+    return name
 
 
 class _Trace(TorchFunctionMode):
@@ -163,6 +240,7 @@ class _Trace(TorchFunctionMode):
         self.ln_out: dict[int, tuple[str, Tensor]] = {}  # id -> (LayerNorm, output kept alive)
         self.weight_of = {id(m.weight): n for n, m in linears.items()}
         self.act_max: dict[str, Tensor] = {}
+        self.out_range: dict[str, tuple[Tensor, Tensor]] = {}  # per-channel (min, max) of the output
         self.producers: dict[str, set[str | None]] = {n: set() for n in linears}
         self.module_calls = dict.fromkeys(linears, 0)
         self.functional_calls = dict.fromkeys(linears, 0)
@@ -170,6 +248,7 @@ class _Trace(TorchFunctionMode):
         self.ln_readers: dict[str, set[str]] = {n: set() for n in norms}  # LayerNorm -> Linears (F.linear)
         self.handles = [m.register_forward_pre_hook(self._linear_hook(n), with_kwargs=True)
                         for n, m in linears.items()]
+        self.handles += [m.register_forward_hook(self._output_hook(n)) for n, m in linears.items()]
         self.handles += [m.register_forward_hook(self._norm_hook(n)) for n, m in norms.items()]
 
     def _linear_hook(self, name: str) -> Callable[..., None]:
@@ -187,6 +266,19 @@ class _Trace(TorchFunctionMode):
             hit = self.ln_out.get(id(x))
             self.producers[name].add(hit[0] if hit is not None and hit[1] is x else None)
             self.module_calls[name] += 1
+        return hook
+
+    def _output_hook(self, name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], y: Tensor) -> None:
+            self.paused = True
+            try:
+                y2 = y.detach().reshape(-1, y.shape[-1])  # (M, N)
+                lo, hi = y2.amin(dim=0).float(), y2.amax(dim=0).float()
+                if name in self.out_range:
+                    lo, hi = torch.minimum(self.out_range[name][0], lo), torch.maximum(self.out_range[name][1], hi)
+                self.out_range[name] = (lo, hi)
+            finally:
+                self.paused = False
         return hook
 
     def _norm_hook(self, name: str) -> Callable[..., None]:
@@ -264,21 +356,35 @@ def _eligible(model: nn.Module, names: Collection[str] | None) -> dict[str, nn.L
     return out
 
 
-def smooth(model: nn.Module, batches: Iterable[Any], alpha: float,
-           run: Callable[[nn.Module, Any], Any] = default_run, *, pow2: bool = True,
+def _fold_groups(trace: _Trace, norms: dict[str, nn.LayerNorm], called: Collection[str]) -> dict[str, list[str]]:
+    """LayerNorm -> the Linears (model order) whose input may be divided by ``s`` inside it: the
+    LayerNorm is affine, its output reaches only these Linears, and they read nothing else."""
+    groups = {}
+    for ln, readers in trace.ln_readers.items():
+        if readers and ln not in trace.foreign and norms[ln].weight is not None and \
+                all(n in called and trace.producers[n] == {ln} for n in readers):
+            groups[ln] = [n for n in called if n in readers]
+    return groups
+
+
+def smooth(model: nn.Module, batches: Iterable[Any], alpha: float | None,
+           run: Callable[[nn.Module, Any], Any] = default_run, *, outputs: bool = False, pow2: bool = True,
            names: Collection[str] | None = None) -> list[str]:
     """SmoothQuant ``model`` in place (eqs. S1, S2); returns the names of the smoothed Linears.
 
     ``batches``: calibration inputs, each given to ``run(model, batch)`` (which should return
     the model's output: a LayerNorm output that leaves the model is never folded).
-    ``names``: only these Linears (default every ``nn.Linear`` below the root called on the batches; one with
-    a weight shared by another module, or whose weight is used outside its own forward, is
-    left alone). Names returned are those before smoothing; a Linear smoothed through a
+    ``alpha``: migration strength of eq. S2 (``None``: inputs untouched). ``outputs``: also
+    equalize each Linear's output channels (eq. S3, a ChannelScale behind the Linear).
+    ``names``: only these Linears (default every ``nn.Linear`` below the root called on the
+    batches; one whose weight another module shares, or that is used outside its own forward,
+    is left alone). Names returned are those before smoothing; a Linear that got a
     :class:`ChannelScale` now lives at ``name + ".1"``. The float model computes the same
     function: exactly the same floats with ``pow2=True`` (see module docstring).
     """
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"smooth: alpha must be a number in [0, 1], got {alpha!r}")
+    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))
+                              or not 0.0 <= alpha <= 1.0):
+        raise ValueError(f"smooth: alpha must be None or a number in [0, 1], got {alpha!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"smooth: model must be an nn.Module, got {type(model).__name__}")
     linears = _eligible(model, names)
@@ -297,34 +403,35 @@ def smooth(model: nn.Module, batches: Iterable[Any], alpha: float,
     called = {n: m for n, m in linears.items()
               if trace.module_calls[n] > 0 and trace.module_calls[n] == trace.functional_calls[n]}
     for n in called:
-        if not bool(torch.isfinite(trace.act_max[n]).all()):
-            raise ValueError(f"layer {n!r}: input contains NaN or Inf on the calibration data; smoothing needs "
-                             "finite values")
-    groups: dict[str, list[str]] = {}  # LayerNorm -> Linears to fold into it
-    for ln, readers in trace.ln_readers.items():
-        if readers and ln not in trace.foreign and norms[ln].weight is not None and \
-                all(n in called and trace.producers[n] == {ln} for n in readers):
-            groups[ln] = [n for n in called if n in readers]  # model order
+        if not all(bool(torch.isfinite(v).all()) for v in (trace.act_max[n], *trace.out_range[n])):
+            raise ValueError(f"layer {n!r}: NaN or Inf on the calibration data; smoothing needs finite values")
     with torch.no_grad():
-        folded: set[str] = set()
-        for ln, members in groups.items():
-            norm = norms[ln]
-            act = torch.stack([trace.act_max[n] for n in members]).amax(dim=0)
-            w_max = torch.cat([linears[n].weight.detach().abs() for n in members]).amax(dim=0).float()
-            s, inv_s = smoothing_scales(act, w_max, alpha, pow2=pow2)
-            for n in members:
-                linears[n].weight.mul_(s.to(linears[n].weight.dtype))
-            assert norm.weight is not None
-            norm.weight.mul_(inv_s.to(norm.weight.dtype))
-            if norm.bias is not None:
-                norm.bias.mul_(inv_s.to(norm.bias.dtype))
-            folded.update(members)
-        for n, m in called.items():
-            if n in folded:
-                continue
-            s, inv_s = smoothing_scales(trace.act_max[n], m.weight.detach().abs().amax(dim=0).float(), alpha,
-                                        pow2=pow2)
-            m.weight.mul_(s.to(m.weight.dtype))
-            insert_channel_scale(model, n, inv_s)
-    return [n for n in linears if n in called]
-
+        where = {n: n for n in called}  # current name of each Linear (wrapping moves it to name + ".1")
+        if alpha is not None:
+            folded: set[str] = set()
+            for ln, members in _fold_groups(trace, norms, called).items():
+                norm = norms[ln]
+                act = torch.stack([trace.act_max[n] for n in members]).amax(dim=0)  # (K,)
+                w_max = torch.cat([linears[n].weight.detach().abs() for n in members]).amax(dim=0).float()  # (K,)
+                s, inv_s = smoothing_scales(act, w_max, alpha, pow2=pow2)
+                for n in members:
+                    linears[n].weight.mul_(s.to(linears[n].weight.dtype))  # (N, K) * (K,)
+                assert norm.weight is not None
+                norm.weight.mul_(inv_s.to(norm.weight.dtype))
+                if norm.bias is not None:
+                    norm.bias.mul_(inv_s.to(norm.bias.dtype))
+                folded.update(members)
+            for n, m in called.items():
+                if n not in folded:
+                    w_max = m.weight.detach().abs().amax(dim=0).float()  # (K,)
+                    s, inv_s = smoothing_scales(trace.act_max[n], w_max, alpha, pow2=pow2)
+                    m.weight.mul_(s.to(m.weight.dtype))  # (N, K) * (K,)
+                    where[n] = insert_channel_scale(model, n, inv_s)
+        if outputs:
+            for n, m in called.items():
+                t, inv_t = output_scales(*trace.out_range[n])
+                m.weight.mul_(t.to(m.weight.dtype)[:, None])  # (N, K) * (N, 1)
+                if m.bias is not None:
+                    m.bias.mul_(t.to(m.bias.dtype))
+                where[n] = insert_channel_scale(model, where[n], inv_t, after=True)
+    return list(called)

@@ -36,7 +36,8 @@ class QuantModule(nn.Module):
         """The dialect module of ``self.engine`` (looked up, never stored: modules cannot be copied)."""
         from .. import dialects
 
-        return dialects.get(self.engine)
+        engine: str = self.__dict__["engine"]  # a plain attribute of every layer that has a dialect
+        return dialects.get(engine)
 
     def record(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         """``(tensors, meta)``: everything needed to rebuild this layer, nothing executable."""
