@@ -29,7 +29,10 @@ class StaticConfig:
     weight: QScheme = WEIGHT_PER_CHANNEL
     activation: QScheme = field(default_factory=lambda: ACT_UINT7)
     observer: str = "minmax"
-    smoothing: float | None = None  # SmoothQuant migration strength alpha in [0, 1]; None = off
+    #: SmoothQuant migration strength alpha in [0, 1] (None = off). When set, every selected Linear
+    #: also gets output equalization (glassquant.smooth, eq. S3): power-of-two channel scales
+    #: that leave the float model's outputs unchanged.
+    smoothing: float | None = None
 
     def __post_init__(self) -> None:
         dialects.get_static(self.engine)
@@ -102,7 +105,7 @@ PRESETS: dict[str, Config] = {
     "fbgemm-default": StaticConfig("fbgemm", WEIGHT_PER_CHANNEL, ACT_UINT7, observer="histogram"),
     "qnnpack-default": StaticConfig("qnnpack", WEIGHT_PER_TENSOR, ACT_UINT8, observer="histogram"),
     "onednn-default": StaticConfig("onednn", WEIGHT_PER_CHANNEL, ACT_UINT8, observer="histogram"),
-    "w8a8-static": StaticConfig("x86", WEIGHT_PER_CHANNEL, ACT_UINT7, observer="histogram"),
+    "w8a8-static": StaticConfig("x86", WEIGHT_PER_CHANNEL, ACT_UINT8, observer="minmax", smoothing=0.7),
     "w8a8-dynamic-per-tensor": DynamicConfig("x86", WEIGHT_PER_TENSOR, True),
     "w8a8-dynamic": DynamicConfig("torchao", WEIGHT_PER_CHANNEL, False),
     "w8-weight-only": WeightOnlyConfig(8),

@@ -55,6 +55,7 @@ class ConversionResult:
     converted: list[str] = field(default_factory=list)
     fused_relu: list[str] = field(default_factory=list)
     folded_bn: list[str] = field(default_factory=list)
+    smoothed: list[str] = field(default_factory=list)  # Linears given SmoothQuant channel scales
     skipped: dict[str, str] = field(default_factory=dict)  # name -> reason
     calibration: dict[str, LayerCalibration] = field(default_factory=dict)
 
@@ -272,11 +273,20 @@ def quantize(model: nn.Module, config: str | Config = "x86", calibration: Iterab
         relu_of = _fuse(model, groups, result)
     else:
         relu_of = {}
+    moved: dict[str, str] = {}
+    if isinstance(cfg, StaticConfig) and cfg.smoothing is not None:
+        from .smooth import smooth
+
+        calibration = _batches(calibration)  # a list: smoothing and calibration both read it
+        want = [n for n, m in model.named_modules() if n and type(m) is nn.Linear and n not in relu_of
+                and _selected(n, m, candidates, include, exclude) is None]
+        result.smoothed = smooth(model, calibration, cfg.smoothing, outputs=True, names=want)
+        moved = {f"{n}.1": n for n in result.smoothed}  # a smoothed Linear moves into a wrapper
     layers: dict[str, nn.Module] = {}
     for n, m in model.named_modules():
         if not n or isinstance(m, QuantModule) or list(m.children()):
             continue
-        reason = _selected(n, m, candidates, include, exclude)
+        reason = _selected(moved.get(n, n), m, candidates, include, exclude)
         if reason is None:
             layers[n] = m
         elif any(p.numel() for p in m.parameters(recurse=False)) and type(m) not in (nn.LayerNorm,):

@@ -304,6 +304,27 @@ def test_ln_output_leaving_the_model_is_not_folded() -> None:
         assert torch.equal(a, b)
 
 
+def test_ln_output_changed_in_place_is_not_folded() -> None:
+    class InPlace(nn.Module):
+        def __init__(self, d: int = 16) -> None:
+            super().__init__()
+            self.ln, self.fc = nn.LayerNorm(d), nn.Linear(d, 4)
+
+        def forward(self, x: Tensor) -> Tensor:
+            h = self.ln(x)
+            h.add_(x)  # the same tensor object reaches fc, but it is no longer the LayerNorm's output
+            return self.fc(h)
+
+    g = torch.Generator().manual_seed(19)
+    model = randomize(InPlace(), 20)
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        smooth(model, [outliers(g, 4, 16)], 0.5)
+        assert torch.equal(model.ln.weight, ref.ln.weight) and isinstance(model.fc[0], ChannelScale)
+        x = outliers(g, 3, 16)
+        assert torch.equal(model(x), ref(x))
+
+
 def test_ln_feeding_an_excluded_linear_is_not_folded() -> None:
     g = torch.Generator().manual_seed(7)
     model = randomize(PreLN(), 8)

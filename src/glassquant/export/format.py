@@ -34,6 +34,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ..nn.base import LAYER_KINDS, QuantModule
+from ..smooth import ChannelScale
 from .safetensors_header import SAFETENSORS_NAME, FormatError, Header, is_int, loads_strict, read_header, sha256_hex
 
 __all__ = ["FORMAT_VERSION", "SKELETON_TYPES", "FormatError", "load", "save"]
@@ -75,6 +76,7 @@ SKELETON_TYPES: dict[str, tuple[type[nn.Module], dict[str, str]]] = {
                                  "sparse": "bool"}),
     "LayerNorm": (nn.LayerNorm, {"normalized_shape": "ints", "eps": "float", "elementwise_affine": "bool",
                                  "bias": "bool"}),
+    "ChannelScale": (ChannelScale, {"num_features": "int"}),
 }
 _CONTAINERS: dict[str, type[nn.Module]] = {"Sequential": nn.Sequential, "ModuleList": nn.ModuleList}
 
