@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/glassquant demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -33,3 +33,4 @@ clean:
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/linear.py
+	$(BIN)/python benchmarks/minilm.py

@@ -35,7 +35,7 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def median_seconds(fn, reps: int) -> float:  # noqa: ANN001
+def median_seconds(fn, reps: int) -> float:
     fn()
     times = []
     for _ in range(reps):
