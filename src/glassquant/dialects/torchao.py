@@ -110,7 +110,7 @@ def _quantize(x: Tensor, scale: Tensor | float, zero_point: Tensor | int, dtype:
         s = s.reshape(shape)
         z = z.reshape(shape) if z.numel() > 1 else z
     inv_scale = f32(1.0) / s  # float32 reciprocal
-    r = torch.round(x * inv_scale)  # one float32 multiply, rne: integer-valued float32
+    r = (x * inv_scale).round_()  # one float32 multiply, rne: integer-valued float32 (a new tensor)
     if z.numel() == 1 and float(z) == 0.0:
         return r.clamp_(qmin, qmax).to(dtype)  # exact: integers and bounds are float32 values
     r = r.to(torch.float64) + z  # + zp, exact
@@ -166,7 +166,7 @@ def quantize_activation(x: Tensor, reduce_range: bool = False) -> tuple[Tensor, 
     if x.dim() == 0 or x.numel() == 0:
         raise ValueError(f"{NAME} dynamic linear: input must be a non-empty (M, K) tensor, got {tuple(x.shape)}")
     x = f32(x)
-    x_min, x_max = x.amin(dim=-1, keepdim=True), x.amax(dim=-1, keepdim=True)  # (M, 1); NaN propagates
+    x_min, x_max = torch.aminmax(x, dim=-1, keepdim=True)  # (M, 1) each, one pass; NaN propagates
     if not bool(torch.isfinite(x_min).all() and torch.isfinite(x_max).all()):
         check_finite(x, f"{NAME} dynamic linear: input")  # names the NaN/Inf count
     x_scale, _ = choose_qparams(x_min, x_max)
