@@ -169,6 +169,17 @@ def model_output(model: nn.Module, batches: list[Any]) -> Tensor:
     return torch.cat(outs)
 
 
+def worst_layer_histograms(float_model: nn.Module, qmodel: nn.Module, reports: list[LayerReport],
+                           batches: list[Any], count: int = 3) -> dict[str, tuple[Tensor, Any]]:
+    """Float outputs of the ``count`` lowest-SQNR layers, with each layer's output grid (static
+    layers) to draw on their histogram."""
+    from .analysis.report import _capture, _output_grid
+
+    worst = [r.name for r in sorted(reports, key=lambda r: r.sqnr_db)[:count]]
+    outs, _ = _capture(float_model, worst, batches, default_run, keep_inputs=False)
+    return {n: (torch.cat([t.reshape(-1) for t in outs[n]]), _output_grid(qmodel.get_submodule(n))) for n in worst}
+
+
 def quantize_command(args: Any, console: Console, report: bool = True) -> Path:
     """Quantize, save ``<out>/model.safetensors`` and (with calibration data) ``<out>/report.md``."""
     from .export.format import save
@@ -181,7 +192,8 @@ def quantize_command(args: Any, console: Console, report: bool = True) -> Path:
     if report and batches:
         rb = report_batches(args.calibration, float_model, kind, batches)
         reports = layer_report(float_model, qmodel, rb)
-        write_report(reports, args.out, title=f"glassquant {args.preset}: {args.model}")
+        write_report(reports, args.out, title=f"glassquant {args.preset}: {args.model}",
+                     histograms=worst_layer_histograms(float_model, qmodel, reports, rb))
     _summary(console, qmodel, reports)
     console.print(f"saved {path}" + (f" and {args.out / 'report.md'}" if reports else ""))
     return path
@@ -201,7 +213,8 @@ def report_command(args: Any, console: Console) -> Path:
         sens = sensitivity(float_model, lambda m, n: quantize(m, cfg, batches, include=[n], progress=False),
                            lambda m: sqnr_db(reference, model_output(m, batches[:4])), [r.name for r in reports])
     path = write_report(reports, args.out, title=f"glassquant {args.preset}: {args.model}", sens=sens,
-                        sens_metric="output SQNR dB")
+                        sens_metric="output SQNR dB",
+                        histograms=worst_layer_histograms(float_model, qmodel, reports, rb))
     _summary(console, qmodel, reports)
     console.print(f"wrote {path}")
     return path

@@ -51,6 +51,8 @@ def test_report_with_sensitivity(calib: Path, tmp_path: Path, capsys: pytest.Cap
     assert code == 0, text
     md = (out / "report.md").read_text()
     assert "Sensitivity" in md and md.count("| 0 |") + md.count("| 2 |") >= 2
+    hists = sorted(p.name for p in out.glob("hist-*.png"))
+    assert hists == ["hist-0.png", "hist-2.png"] and all(f"]({h})" in md for h in hists)
 
 
 def test_errors_are_clear(calib: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
