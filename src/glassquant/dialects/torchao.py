@@ -185,8 +185,10 @@ def dynamic_output(acc: Tensor, x_scale: Tensor | float, w_scale: Tensor | float
     if sx.dim() == 1:
         sx = sx.reshape(-1, 1)  # (M,) -> (M, 1)
     sw = f32(as_column(w_scale, acc.shape[-1], torch.float32))  # (N,)
-    y = acc.to(torch.float32)  # one rounding (exact below 2**24); a new tensor, so in-place is safe
-    y.mul_(sx).mul_(sw)  # (M, N) * (M, 1), then * (N,): two float32 roundings, in this order
+    # f32(acc) * sx in one pass: type promotion converts each int32 to float32 (one rounding,
+    # exact below 2**24) inside the multiply; the result is a new tensor, so in-place is safe
+    y = torch.mul(acc, sx) if acc.dtype == torch.int32 else acc.to(torch.float32) * sx  # (M, N) * (M, 1)
+    y.mul_(sw)  # then * (N,): float32 roundings in this order
     if bias is not None:
         y.add_(f32(bias))
     return y.clamp_min_(0.0) if relu else y
