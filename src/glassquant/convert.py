@@ -172,6 +172,20 @@ def _selected(name: str, module: nn.Module, types: tuple[type[nn.Module], ...],
     return None
 
 
+def _run_with_hooks(model: nn.Module, batches: list[Any], handles: list[Any], progress: bool | None,
+                    description: str) -> None:
+    """Run the model on every batch (no grad, progress bar), then remove the hooks in ``handles``."""
+    try:
+        with torch.no_grad(), _progress(progress) as bar:
+            task = bar.add_task(description, total=len(batches))
+            for b in batches:
+                _run(model, b)
+                bar.advance(task)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def calibrate(model: nn.Module, layers: dict[str, nn.Module], relu_of: dict[str, str], batches: list[Any],
               cfg: StaticConfig, progress: bool | None = None) -> dict[str, tuple[Any, Any]]:
     """Run the float model on every batch, observing each layer's input and (fused) output."""
@@ -185,15 +199,7 @@ def calibrate(model: nn.Module, layers: dict[str, nn.Module], relu_of: dict[str,
         handles.append(layer.register_forward_pre_hook(lambda m, a, o=obs_in: o.update(a[0].detach())))
         out_mod = model.get_submodule(relu_of[n]) if n in relu_of else layer
         handles.append(out_mod.register_forward_hook(lambda m, a, y, o=obs_out: o.update(y.detach())))
-    try:
-        with torch.no_grad(), _progress(progress) as bar:
-            task = bar.add_task(f"calibrating {len(layers)} layers", total=len(batches))
-            for b in batches:
-                _run(model, b)
-                bar.advance(task)
-    finally:
-        for h in handles:
-            h.remove()
+    _run_with_hooks(model, batches, handles, progress, f"calibrating {len(layers)} layers")
     for n, (obs_in, _) in observers.items():
         if obs_in.batches == 0:
             raise ValueError(f"layer {n!r} was never called on the calibration data")
@@ -239,15 +245,7 @@ def _gptq_hessians(model: nn.Module, layers: dict[str, nn.Module], calibration: 
             if isinstance(m, nn.Linear)}
     handles = [layers[n].register_forward_pre_hook(lambda mod, a, acc=acc: acc.add(a[0].detach()))
                for n, acc in accs.items()]
-    try:
-        with torch.no_grad(), _progress(progress) as bar:
-            task = bar.add_task(f"GPTQ statistics for {len(accs)} layers", total=len(batches))
-            for b in batches:
-                _run(model, b)
-                bar.advance(task)
-    finally:
-        for h in handles:
-            h.remove()
+    _run_with_hooks(model, batches, handles, progress, f"GPTQ statistics for {len(accs)} layers")
     return accs
 
 
