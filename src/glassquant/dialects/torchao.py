@@ -166,10 +166,11 @@ def quantize_activation(x: Tensor, reduce_range: bool = False) -> tuple[Tensor, 
     if x.dim() == 0 or x.numel() == 0:
         raise ValueError(f"{NAME} dynamic linear: input must be a non-empty (M, K) tensor, got {tuple(x.shape)}")
     x = f32(x)
-    x_min, x_max = torch.aminmax(x, dim=-1, keepdim=True)  # (M, 1) each, one pass; NaN propagates
-    if not bool(torch.isfinite(x_min).all() and torch.isfinite(x_max).all()):
+    # max(-min(x_min, 0), max(x_max, 0)) == max |x| exactly, and abs + amax is one fast pass
+    x_amax = x.abs().amax(dim=-1, keepdim=True)  # (M, 1); NaN and Inf propagate
+    if not bool(torch.isfinite(x_amax).all()):
         check_finite(x, f"{NAME} dynamic linear: input")  # names the NaN/Inf count
-    x_scale, _ = choose_qparams(x_min, x_max)
+    x_scale, _ = choose_qparams(-x_amax, x_amax)
     return _quantize(x, x_scale, 0, torch.int8, None, QMIN, QMAX), x_scale, 0
 
 
