@@ -15,17 +15,13 @@ from torch import Tensor, nn
 
 from .. import dialects
 from ..affine import dequantize
+from ..config import WEIGHT_PER_CHANNEL, WEIGHT_PER_TENSOR
 from ..dialects._base import INT32_MAX, accumulate, worst_case_accumulator
 from ..errors import AccumulatorOverflowError, check_finite, check_integer
 from ..kernels.cpu import PackedWeight, accumulate_int_mm
 from ..qparams import choose_qparams, observe_range
 from ..scheme import QScheme
 from .base import QuantModule, register
-
-#: PyTorch engines' default weight grid: int8, symmetric, one scale per output channel.
-WEIGHT_PER_CHANNEL = QScheme(bits=8, signed=True, symmetric=True, axis=0)
-#: qnnpack's default weight grid: int8, symmetric, one scale for the tensor.
-WEIGHT_PER_TENSOR = QScheme(bits=8, signed=True, symmetric=True)
 
 
 def quantize_weight(weight: Tensor, scheme: QScheme, engine: str, name: str = "weight"
