@@ -34,3 +34,13 @@ def test_deepcopy_of_conv() -> None:
     q = gq.quantize(m.eval(), "x86", [x], progress=False)
     with torch.no_grad():
         assert torch.equal(q(x), copy.deepcopy(q)(x))
+
+
+def test_conv_without_overflow_check_survives_a_record_round_trip() -> None:
+    """check_overflow=False is part of the record: a conv over the certificate can be rebuilt."""
+    from glassquant.nn import QuantConv2d
+
+    w_q = torch.full((1, 128, 24, 24), 127, dtype=torch.int8)  # K = 73,728: 73,728*127*255 > 2**31
+    layer = QuantConv2d(w_q, torch.tensor([0.01]), torch.tensor([0]), None, 0.1, 0, 0.2, 0, check_overflow=False)
+    again = QuantConv2d.from_record(*layer.record())
+    assert again.check_overflow is False and torch.equal(again.w_q, layer.w_q)

@@ -217,7 +217,7 @@ class _QuantConvNd(QuantModule):
 
     spatial: ClassVar[int] = 2
     meta_fields = ("x_scale", "x_zero_point", "y_scale", "y_zero_point", "stride", "padding", "dilation",
-                   "groups", "relu", "engine", "name")
+                   "groups", "relu", "engine", "name", "check_overflow")
     w_q: Tensor
     w_scale: Tensor
     w_zero_point: Tensor
@@ -269,6 +269,7 @@ class _QuantConvNd(QuantModule):
         self.register_buffer("w_scale", w_scale)
         self.register_buffer("w_zero_point", w_zero_point)
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).clone())
+        self.check_overflow = check_overflow
         bound = worst_case_accumulator(w_q.reshape(c_out, -1), w_zero_point, 0, 255, self.x_zero_point)
         self.accumulator_bound = int(bound.max())
         if check_overflow and self.accumulator_bound > INT32_MAX:
