@@ -27,12 +27,14 @@ _MAX_K = 2**17 - 1  # |mm| <= K * 128 * 128 < 2**31
 class PackedWeight:
     """An int8 weight prepared once for ``_int_mm``: transposed, with its column sums.
 
-    Numerics: ``w_t`` int8 (K, N) contiguous; ``col_sum`` int64 (N,); ``zero_point`` int64 (N,).
+    Numerics: ``w_t`` int8 (K, N) contiguous; ``col_sum`` int64 (N,); ``zero_point`` int64 (N,);
+    ``symmetric`` True when every weight zero point is 0 (checked once here, not per call).
     """
 
     w_t: Tensor
     col_sum: Tensor
     zero_point: Tensor
+    symmetric: bool
 
     @classmethod
     def pack(cls, w_q: Tensor, w_zero_point: Tensor | int) -> PackedWeight:
@@ -43,8 +45,9 @@ class PackedWeight:
         # explicit (N, 1) strides: .contiguous() keeps a (1, N) view's strides (1, 1), which
         # torch._int_mm on CPU misreads
         w_t = torch.empty((k, n), dtype=torch.int8).copy_(w_q.t())
-        return cls(w_t=w_t, col_sum=w_q.to(torch.int64).sum(dim=1),
-                   zero_point=as_column(w_zero_point, n, torch.int64).clone())
+        zero_point = as_column(w_zero_point, n, torch.int64).clone()
+        return cls(w_t=w_t, col_sum=w_q.to(torch.int64).sum(dim=1), zero_point=zero_point,
+                   symmetric=not bool(zero_point.any()))
 
 
 def accumulate_int_mm(x_q: Tensor, x_zero_point: int, packed: PackedWeight, name: str = "linear") -> Tensor:
@@ -59,7 +62,7 @@ def accumulate_int_mm(x_q: Tensor, x_zero_point: int, packed: PackedWeight, name
     k, n = packed.w_t.shape
     if x_q.dim() != 2 or x_q.shape[1] != k:
         raise ValueError(f"{name}: x_q {tuple(x_q.shape)} does not match weight (N, K) = ({n}, {k})")
-    if x_q.dtype == torch.int8 and int(x_zero_point) == 0 and not bool(packed.zero_point.any()):
+    if x_q.dtype == torch.int8 and int(x_zero_point) == 0 and packed.symmetric:
         # symmetric int8 on both sides: acc = x @ w^T exactly, int32 cannot overflow (K < 2**17)
         x_c = x_q if x_q.stride() == (k, 1) else torch.empty((x_q.shape[0], k), dtype=torch.int8).copy_(x_q)
         return torch._int_mm(x_c, packed.w_t)  # (M, K) @ (K, N) -> (M, N) int32

@@ -16,8 +16,10 @@ from torch import Tensor, nn
 from .. import dialects
 from ..affine import dequantize
 from ..config import WEIGHT_PER_CHANNEL, WEIGHT_PER_TENSOR
+from ..dialects import torchao
 from ..dialects._base import INT32_MAX, accumulate, worst_case_accumulator
 from ..errors import AccumulatorOverflowError, check_finite, check_integer
+from ..kernels import fused
 from ..kernels.cpu import PackedWeight, accumulate_int_mm
 from ..qparams import choose_qparams, observe_range
 from ..scheme import QScheme
@@ -231,6 +233,11 @@ class DynamicQuantLinear(QuantModule):
         d = self.dialect
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)  # (M, K)
+        if fast and self.engine == "torchao" and x2.dtype == torch.float32 and x2.device.type == "cpu" \
+                and fused.available():
+            y = self._forward_fused(x2)
+            if y is not None:
+                return y.reshape(*lead, self.out_features)
         try:
             x_q, x_scale, x_zp = d.quantize_activation(x2, self.reduce_range)  # checks NaN/Inf
         except ValueError as e:
@@ -244,6 +251,21 @@ class DynamicQuantLinear(QuantModule):
         w_scale = self.w_scale if self.w_scale.numel() > 1 else float(self.w_scale)
         y = d.dynamic_output(acc, x_scale, w_scale, self.bias, self.relu)
         return y.reshape(*lead, self.out_features)
+
+    def _forward_fused(self, x2: Tensor) -> Tensor | None:
+        """The torchao per-token path in two compiled passes around ``_int_mm`` (same floats as
+        the dialect's; None when the input holds NaN/Inf, so the caller's path names them)."""
+        if self._packed is None:
+            self._packed = PackedWeight.pack(self.w_q, self.w_zero_point)
+        if not self._packed.symmetric:  # pragma: no cover - torchao weights are symmetric
+            return None
+        x_c = x2 if x2.stride(1) == 1 else x2.contiguous()
+        qx = fused.quantize_rows(x_c, torchao.QMIN, torchao.QMAX, torchao.SCALE_EPS,
+                                 (torchao.QMAX - torchao.QMIN) / 2)
+        if qx is None:
+            return None
+        acc = torch._int_mm(qx[0], self._packed.w_t)  # (M, K) @ (K, N) -> (M, N) int32, exact (K < 2**17)
+        return fused.rescale_rows(acc, qx[1], self.w_scale, self.bias, self.relu, in_place=True)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, engine={self.engine}, "
