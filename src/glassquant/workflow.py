@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import Tensor, nn
 
+from .analysis.overflow import certificates_markdown, certify
 from .analysis.report import LayerReport, default_run, layer_report, sensitivity, sqnr_db, write_report
 from .config import StaticConfig, resolve
 from .convert import quantize
@@ -132,6 +133,10 @@ def _run_quantize(args: Any, console: Console) -> tuple[nn.Module, nn.Module, li
 
 def _summary(console: Console, qmodel: nn.Module, reports: list[LayerReport] | None) -> None:
     res: Any = qmodel.glassquant_conversion
+    certs = certify(qmodel)
+    unsafe = [c for c in certs if c.verdict != "safe"]
+    console.print(f"overflow certificates: {len(certs) - len(unsafe)} of {len(certs)} integer layers safe for "
+                  f"every input" + "".join(f"\n  {c.layer}: {c.verdict} ({c.advice})" for c in unsafe[:8]))
     console.print(f"converted {len(res.converted)} layers, fused {len(res.fused_relu)} ReLUs, "
                   f"folded {len(res.folded_bn)} BatchNorms")
     if res.skipped:
@@ -193,7 +198,8 @@ def quantize_command(args: Any, console: Console, report: bool = True) -> Path:
         rb = report_batches(args.calibration, float_model, kind, batches)
         reports = layer_report(float_model, qmodel, rb)
         write_report(reports, args.out, title=f"glassquant {args.preset}: {args.model}",
-                     histograms=worst_layer_histograms(float_model, qmodel, reports, rb))
+                     histograms=worst_layer_histograms(float_model, qmodel, reports, rb),
+                     certificates=certificates_markdown(certify(qmodel)))
     _summary(console, qmodel, reports)
     console.print(f"saved {path}" + (f" and {args.out / 'report.md'}" if reports else ""))
     return path
@@ -214,7 +220,8 @@ def report_command(args: Any, console: Console) -> Path:
                            lambda m: sqnr_db(reference, model_output(m, batches[:4])), [r.name for r in reports])
     path = write_report(reports, args.out, title=f"glassquant {args.preset}: {args.model}", sens=sens,
                         sens_metric="output SQNR dB",
-                        histograms=worst_layer_histograms(float_model, qmodel, reports, rb))
+                        histograms=worst_layer_histograms(float_model, qmodel, reports, rb),
+                        certificates=certificates_markdown(certify(qmodel)))
     _summary(console, qmodel, reports)
     console.print(f"wrote {path}")
     return path

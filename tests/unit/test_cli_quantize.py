@@ -36,6 +36,10 @@ def test_quantize_python_factory_writes_model_and_report(preset: str, calib: Pat
     assert code == 0, text
     assert (out / "model.safetensors").exists() and (out / "report.md").exists() and (out / "sqnr.png").exists()
     assert "| layer | kind | SQNR dB" in (out / "report.md").read_text()
+    n_int = 0 if preset.endswith("weight-only") else 2  # integer layers of the factory's MLP
+    assert f"of {n_int} integer layers safe for every input" in " ".join(text.split())
+    if n_int:
+        assert "## Overflow certificates" in (out / "report.md").read_text()
     loaded = gq.load(out / "model.safetensors")  # an nn.Sequential: rebuilt without a skeleton
     again = gq.load(out / "model.safetensors")
     x = torch.from_numpy(np.load(calib))[:32]

@@ -214,8 +214,9 @@ def plot_histogram(values: Tensor, path: str | Path, grid: tuple[float, int, flo
 def write_report(reports: Sequence[LayerReport], outdir: str | Path, *, title: str = "glassquant report",
                  sens: Sequence[tuple[str, float]] | None = None, sens_metric: str = "metric",
                  histograms: dict[str, tuple[Tensor, tuple[float, int, float, float] | None]] | None = None,
-                 extra: str = "") -> Path:
-    """Write ``report.md`` (+ ``sqnr.png``, histogram PNGs, ``layers.json``) into ``outdir``."""
+                 extra: str = "", certificates: str | None = None) -> Path:
+    """Write ``report.md`` (+ ``sqnr.png``, histogram PNGs, ``layers.json``) into ``outdir``;
+    ``certificates`` is the overflow-certificate table (``analysis.overflow.certificates_markdown``)."""
     import json
 
     out = Path(outdir)
@@ -226,6 +227,8 @@ def write_report(reports: Sequence[LayerReport], outdir: str | Path, *, title: s
     if sens:
         parts += ["## Sensitivity (one layer quantized at a time)", "", f"| layer | {sens_metric} |", "|---|---|"]
         parts += [f"| {n} | {v:.5f} |" for n, v in sens] + [""]
+    if certificates:
+        parts += ["## Overflow certificates (every input on the integer grid)", "", certificates, ""]
     for n, (values, grid) in (histograms or {}).items():
         fname = f"hist-{n.replace('.', '_')}.png"
         plot_histogram(values, out / fname, grid, title=n)
