@@ -1,12 +1,12 @@
 """``dialects.torchao``: torchao's int8 arithmetic (W8A8 per token, W8 weight-only) as stated float32 steps.
 
-torchao is not installed here, so these tests prove the code computes the *stated* steps
-(the module docstring) and nothing else: every expected value comes from an independent
-evaluation of those steps in exact rational arithmetic (``fractions.Fraction``, each step
-rounded to float32 by :func:`f32_exact`, written here from the IEEE definition). The real
-torch runtime cross-checks the one step it shares: ``torch.quantize_per_channel`` with zero
-point 0 performs the same ``rne(x * f32(1/scale))`` (docs/dialects.md). A later suite proves
-the rules against torchao itself.
+These tests need no torchao: they prove the code computes the *stated* steps (the module
+docstring) and nothing else: every expected value comes from an independent evaluation of
+those steps in exact rational arithmetic (``fractions.Fraction``, each step rounded to
+float32 by :func:`f32_exact`, written here from the IEEE definition). The real torch runtime
+cross-checks the one step it shares: ``torch.quantize_per_channel`` with zero point 0
+performs the same ``rne(x * f32(1/scale))`` (docs/dialects.md). That the stated steps are
+torchao 0.18's is proven against torchao itself in tests/equivalence/test_torchao.py.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def test_quantize_activation_is_per_token() -> None:
     assert x_zp == 0 and x_q.dtype == torch.int8 and x_scale.shape == (x.shape[0], 1)
     assert torch.equal(x_scale.reshape(-1), s_ref)
     assert torch.equal(x_q, q_ref)
-    same, _, _ = torchao.quantize_activation(x, reduce_range=True)  # no reduce_range in torchao: ignored
+    same, _, _ = torchao.quantize_activation(x, reduce_range=True)  # the default config only: the flag is ignored
     assert torch.equal(same, x_q)
     x3 = x.reshape(3, 4, 48)  # leading dimensions kept
     q3, s3, _ = torchao.quantize_activation(x3)

@@ -1,31 +1,44 @@
 """torchao dialect: torchao 0.18's int8 Linear on CPU, written as explicit float32 steps.
 
-Covers ``Int8DynamicActivationInt8WeightConfig`` (W8A8, activations per row = per token)
-and ``Int8WeightOnlyConfig`` (W8, float activations), both built on torchao's
+Covers ``Int8DynamicActivationInt8WeightConfig()`` (W8A8, activations per row = per token)
+and ``Int8WeightOnlyConfig()`` (W8, float activations) with their defaults (``PerRow``
+granularity, symmetric activations, ``reduce_range=False``), both built on torchao's
 ``Int8Tensor`` (``quantize_/workflows/int8/int8_tensor.py``) and ``quant_primitives``:
 
-Qparams (``choose_qparams_affine``, ``MappingType.SYMMETRIC``, int8 [-128, 127], one scale
-per row of the 2-D tensor, ``eps`` left at its default):
+Qparams (``Int8Tensor.from_hp`` -> ``choose_qparams_affine``, ``MappingType.SYMMETRIC``, int8
+[-128, 127], one scale per row of the 2-D tensor; weights and activations alike):
   ``amax = max(-min(x_min, 0), max(x_max, 0))``
   ``scale = max(f32(amax / 127.5), eps)`` with ``127.5 = (127 - (-128)) / 2`` and
-  ``eps = torch.finfo(float32).eps = 2**-23``, zero point 0.
+  ``eps = torch.finfo(float32).eps = 2**-23`` — passed explicitly by ``from_hp``; the
+  primitive's own default (``eps=None``) would be the smallest normal float32. Zero point 0.
 Quantize (``quantize_affine``): ``q = clamp(rne(f32(x * f32(1 / scale))), -128, 127)``; the
-reciprocal is a float32 division and the product one float32 rounding (no FMA, no zero
-point to add). Worked example: a row with range (-1.0, 3.0): ``scale = f32(3 / 127.5) =
-0.023529412``, ``1/scale = 42.5`` (to float32); ``x = 3.0 -> 127.5 -> 128 -> clamp 127``,
+reciprocal is one correctly rounded float32 operation (``1.0 / scale`` is
+``scale.reciprocal()``), the product one float32 rounding (no FMA, no zero point to add).
+Worked example: a row with range (-1.0, 3.0): ``scale = f32(3 / 127.5) = 0.023529412``,
+``1/scale = 42.5`` (to float32); ``x = 3.0 -> 127.5 -> 128 -> clamp 127``,
 ``x = -1.0 -> -42.5 -> -42`` (ties to even).
-Dynamic output (``Int8Tensor`` linear, CPU ``int_scaled_matmul``: ``torch._int_mm`` then
+Dynamic output (``Int8Tensor`` linear -> ``int_scaled_matmul``; on CPU the exact int32
+accumulators come from ``torch._int_mm`` — on AVX512-VNNI CPUs without AMX as
+``(x_q + 128)`` uint8 times int8 minus ``128 * colsum(w_q)``, the same integers — then
 ``.to(float32) * x_scales``): ``y = f32(f32(f32(acc) * sx[m]) * sw[n])``, then ``y += b``.
 Weight-only output: ``y = f32(f32(x @ f32(w_q).T) * sw[n])``, then ``y += b``.
 
-Status: written from the facts above, not yet proven against torchao (torchao is not
-installed here). Assumptions to verify against the real library: (a) ``eps`` is float32's
-machine epsilon, torchao's default when ``choose_qparams_affine`` gets no ``eps``; (b)
-activations use the weights' rule (Int8Tensor.from_hp with ``PerRow``, [-128, 127],
-divisor 127.5) — older torchao releases used [-127, 127] and ``eps = 1e-5`` for
-activations; (c) on CPU ``int_scaled_matmul`` multiplies ``f32(acc)`` by the row scale
-before the weight scale is applied. There is no fused ReLU in torchao; ``relu=True``
-applies ``max(y, 0)`` afterwards (exact, as a separate ``nn.ReLU`` would).
+Status: proven against torchao 0.18.0 on CPU (tests/equivalence/test_torchao.py, torch.equal,
+0 mismatches): weight integers and scales (114,176 values per config: random weights and
+adversarial rows — exact .5 ties with power-of-two and arbitrary scales, -127.5 -> -128,
+all-zero rows, rows below eps with subnormals, values up to float32's max); activation
+integers and per-token scales captured inside torchao's own linear (219,564 values); float32
+outputs of ``DynamicQuantLinear(engine="torchao")`` on its compiled, ``_int_mm`` and reference
+paths (162,816 each, accumulators past 2**24 included) and of the int8 ``WeightOnlyLinear`` /
+:func:`linear_weight_only` (162,816). Each wrong rule tried — divisor 127, eps = smallest
+normal or 1e-5, half-away rounding, true division ``x / scale``, [-127, 127], another order of
+the output multiplies — differs from torchao on those inputs. Weight-only equality holds
+because the float32 ``torch.mm`` call is the same as torchao's (its summation order is the
+BLAS library's, not a documented one). Not modelled: ``reduce_range=True`` (torchao then
+uses [-64, 63] and divisor 63.5 for weights and activations; the ``reduce_range`` argument
+here is ignored), ``PerTensor`` activations, asymmetric activations, bfloat16/float16
+models. ``PerTensor`` *weights* are proven too. There is no fused ReLU in torchao;
+``relu=True`` applies ``max(y, 0)`` afterwards (exact, as a separate ``nn.ReLU`` would).
 """
 
 from __future__ import annotations
@@ -41,7 +54,7 @@ from ._base import accumulate, as_column
 NAME = "torchao"
 #: torchao's int8 grid (``_DTYPE_TO_QVALUE_BOUNDS[torch.int8]``).
 QMIN, QMAX = -128, 127
-#: Assumed default ``eps`` of ``choose_qparams_affine`` for float32 input: ``finfo(float32).eps``.
+#: The ``eps`` that ``Int8Tensor.from_hp`` passes to ``choose_qparams_affine``: ``finfo(float32).eps``.
 SCALE_EPS = torch.finfo(torch.float32).eps
 
 __all__ = [
@@ -159,8 +172,9 @@ def quantize_activation(x: Tensor, reduce_range: bool = False) -> tuple[Tensor, 
 
     Numerics: one symmetric scale per row (last axis), from that row's exact min/max by
     :func:`choose_qparams` (divisor 127.5, clamp at eps; an all-zero row gets scale eps and
-    quantizes to 0), then :func:`quantize`. torchao has no ``reduce_range``: the argument is
-    accepted for the common dialect signature and ignored (as qnnpack ignores it).
+    quantizes to 0), then :func:`quantize`. ``reduce_range`` is accepted for the common
+    dialect signature and ignored: this is the default ``reduce_range=False`` config
+    (torchao's opt-in ``reduce_range=True`` halves the grid to [-64, 63]; not modelled).
     Leading dimensions other than M are kept: (..., K) -> (..., K), (..., 1).
     """
     if x.dim() == 0 or x.numel() == 0:
