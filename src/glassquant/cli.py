@@ -1,4 +1,4 @@
-"""Command line: ``glassquant demo | quantize | report``."""
+"""Command line: ``glassquant demo | quantize | report | verify | explain | certify``."""
 
 from __future__ import annotations
 
@@ -23,6 +23,12 @@ def _add_quantize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="output directory")
 
 
+def _add_layer_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layer", action="append", help="only this layer (dotted name; repeatable)")
+    p.add_argument("--rows", type=int, default=64, help="input rows per layer (default 64)")
+    p.add_argument("--seed", type=int, default=0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="glassquant", description="int8 quantization with every integer "
                                      "accounted for, proven against real runtimes")
@@ -38,6 +44,22 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("report", help="per-layer error report (Markdown + PNG plots) for a preset")
     _add_quantize_args(r)
     r.add_argument("--sensitivity", action="store_true", help="also quantize one layer at a time")
+    v = sub.add_parser("verify", help="run each layer of a saved model on a real runtime and count mismatching "
+                       "integers against glassquant's dialect of it")
+    v.add_argument("saved", type=Path, help="a model saved by glassquant (model.safetensors)")
+    v.add_argument("--against", required=True, help="fbgemm, x86, qnnpack, onednn, torchao, onnxruntime, litert, c")
+    _add_layer_args(v)
+    e = sub.add_parser("explain", help="name the cause of every output that differs between two dialects")
+    e.add_argument("saved", type=Path, help="a model saved by glassquant (model.safetensors)")
+    e.add_argument("--a", default="x86", help="first dialect (default x86)")
+    e.add_argument("--b", default="onednn", help="second dialect (default onednn)")
+    e.add_argument("--input", type=Path, help="the layer's input: .npy/.pt/.safetensors, float (quantized by each "
+                   "dialect) or uint8 integers; default: seeded random integers")
+    e.add_argument("--limit", type=int, default=20, help="rows of differences to print per layer")
+    _add_layer_args(e)
+    c = sub.add_parser("certify", help="overflow certificates: worst-case accumulators against int32 / int16 pairs")
+    c.add_argument("saved", type=Path, help="a model saved by glassquant (model.safetensors)")
+    c.add_argument("--layer", action="append", help="only this layer (repeatable)")
     args = parser.parse_args(argv)
     console = Console()
     if args.command == "demo":
@@ -45,9 +67,11 @@ def main(argv: list[str] | None = None) -> int:
 
         result = tour.run(console, engine=args.engine)
         return 1 if result.get("mismatches", 0) else 0
-    from . import workflow
+    from . import cli_tools, workflow
 
     try:
+        if args.command in ("verify", "explain", "certify"):
+            return int(getattr(cli_tools, f"{args.command}_command")(args, console))
         if args.command == "quantize":
             workflow.quantize_command(args, console, report=not args.no_report)
         else:

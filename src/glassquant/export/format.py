@@ -37,7 +37,7 @@ from ..nn.base import LAYER_KINDS, QuantModule
 from ..smooth import ChannelScale
 from .safetensors_header import SAFETENSORS_NAME, FormatError, Header, is_int, loads_strict, read_header, sha256_hex
 
-__all__ = ["FORMAT_VERSION", "SKELETON_TYPES", "FormatError", "load", "save"]
+__all__ = ["FORMAT_VERSION", "SKELETON_TYPES", "FormatError", "load", "load_layers", "save"]
 
 FORMAT_VERSION = 1
 METADATA_KEY = "glassquant"
@@ -392,6 +392,18 @@ def _load_floats(model: nn.Module, floats: dict[str, Tensor], assign: bool, labe
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
         raise FormatError(f"{label}: tensors {left[:5]} were not in the file")
+
+
+def load_layers(path: str | os.PathLike[str]) -> dict[str, QuantModule]:
+    """Only the glassquant layers of a saved model, by dotted name, checked as :func:`load`
+    checks them — no architecture needed (``verify`` and ``explain`` work on layers)."""
+    path = os.fspath(path)
+    label = repr(path)
+    with open(path, "rb") as f:
+        header = read_header(f, os.fstat(f.fileno()).st_size, label)
+    doc, specs = check_metadata(header, label)
+    tensors = _read_tensors(path, specs, label)
+    return {layer["name"]: _build_layer(layer, tensors, label) for layer in doc["layers"]}
 
 
 def load(path: str | os.PathLike[str], model: nn.Module | None = None) -> nn.Module:
