@@ -119,7 +119,7 @@ def _torchao_runner(layer: Any, x: Tensor) -> tuple[Tensor, Tensor, str]:
         if layer.bias is not None:
             lin.bias.copy_(layer.bias)
     module = torchao_runtime.torchao_linear(lin, "w8a8-dynamic")
-    w = module.weight  # torchao's Int8Tensor: put the layer's own integers and scales in it
+    w: Any = module.weight  # torchao's Int8Tensor: put the layer's own integers and scales in it
     w.qdata.copy_(layer.w_q)
     w.scale.copy_(layer.w_scale.reshape(w.scale.shape))
     with torch.no_grad():
