@@ -72,10 +72,16 @@ def test_smoothing_keeps_the_float_model(model: nn.Module, reference: torch.Tens
     assert float((e - reference).abs().max()) <= 1e-6  # powers of two: the same floats on this machine
 
 
+@pytest.fixture(scope="module")
+def quantized(smoothed: tuple[nn.Module, list[str]]) -> nn.Module:
+    m, _ = smoothed
+    return gq.quantize(copy.deepcopy(m), CONFIG, calibration_batches(m), progress=False)
+
+
 def test_smoothed_w8a8_static_reaches_target(model: nn.Module, reference: torch.Tensor,
-                                             smoothed: tuple[nn.Module, list[str]]) -> None:
-    m, names = smoothed
-    q = gq.quantize(copy.deepcopy(m), CONFIG, calibration_batches(m), progress=False)
+                                             smoothed: tuple[nn.Module, list[str]], quantized: nn.Module) -> None:
+    _, names = smoothed
+    q = quantized
     assert sorted(q.glassquant_conversion.converted) == sorted(f"{n}.1" for n in names)
     assert not any(type(x) is nn.Linear for x in q.modules())
     assert sum(isinstance(x, QuantLinear) for x in q.modules()) == 37
@@ -92,3 +98,33 @@ def test_input_smoothing_alone_falls_short(model: nn.Module, reference: torch.Te
     q = gq.quantize(m, CONFIG, batches, progress=False)
     a = minilm.agreement(reference, minilm.encode(q, SENTENCES))
     assert a.mean_cosine < 0.97, a
+
+
+def test_one_layer_verify_and_explain(quantized: nn.Module) -> None:
+    """One MiniLM layer (the first attention query projection) on its real activations:
+    verified against the PyTorch engines, and every x86/qnnpack/onednn difference named."""
+    from glassquant.analysis.explain import explain_linear
+    from glassquant.analysis.verify import RUNNERS, verify
+
+    from gq_testing import needs_torch_ao
+
+    name = next(n for n, x in quantized.named_modules() if isinstance(x, QuantLinear))
+    layer = quantized.get_submodule(name)
+    captured: list[torch.Tensor] = []
+    handle = layer.register_forward_pre_hook(lambda mod, args: captured.append(args[0].detach().reshape(-1, 384)))
+    minilm.encode(quantized, SENTENCES[:16])
+    handle.remove()
+    x = torch.cat(captured)  # (tokens, 384) float activations
+    x_q = layer.quantize_input(x)
+    for b in ("qnnpack", "onednn", "fixed-single"):
+        e = explain_linear(layer, x_q, "x86", b, name=name)
+        assert "unexplained" not in e.counts and e.compared == x_q.shape[0] * layer.out_features
+    e = explain_linear(layer, x, "x86", "onednn", name=name)  # float input: both quantize rules
+    assert "unexplained" not in e.counts
+    if needs_torch_ao.args[0]:  # torch.ao missing: the engines cannot run
+        pytest.skip(needs_torch_ao.kwargs["reason"])
+    for engine in ("x86", "qnnpack", "onednn"):
+        real, ours, _ = RUNNERS[engine](layer, x_q)
+        assert torch.equal(real, ours), engine  # the real activations, 0 mismatches
+        checks = verify({name: layer}, engine, rows=256)
+        assert checks[0].mismatches == 0 and checks[0].compared == 256 * layer.out_features
