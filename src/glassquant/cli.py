@@ -1,4 +1,4 @@
-"""Command line: ``glassquant demo | quantize | report | verify | explain | certify``."""
+"""Command line: ``glassquant demo | quantize | report | verify | explain | certify | export``."""
 
 from __future__ import annotations
 
@@ -60,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("certify", help="overflow certificates: worst-case accumulators against int32 / int16 pairs")
     c.add_argument("saved", type=Path, help="a model saved by glassquant (model.safetensors)")
     c.add_argument("--layer", action="append", help="only this layer (repeatable)")
+    x = sub.add_parser("export", help="export a saved static model to C (integer-only), ONNX or TFLite")
+    x.add_argument("format", choices=["c", "onnx", "tflite"])
+    x.add_argument("saved", type=Path, help="a model saved by glassquant (model.safetensors)")
+    x.add_argument("--out", type=Path, required=True, help="output directory")
+    x.add_argument("--name", default="model", help="base name of the written files (a C identifier for c)")
+    x.add_argument("--form", default="qdq", choices=["qdq", "qoperator"], help="ONNX form (default qdq)")
     args = parser.parse_args(argv)
     console = Console()
     if args.command == "demo":
@@ -70,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import cli_tools, workflow
 
     try:
-        if args.command in ("verify", "explain", "certify"):
+        if args.command in ("verify", "explain", "certify", "export"):
             return int(getattr(cli_tools, f"{args.command}_command")(args, console))
         if args.command == "quantize":
             workflow.quantize_command(args, console, report=not args.no_report)

@@ -1,5 +1,5 @@
-"""``glassquant verify | explain | certify``: look inside a saved model (layers only; no
-architecture needed)."""
+"""``glassquant verify | explain | certify | export``: look inside a saved model (layers only;
+no architecture needed), or export it to another runtime."""
 
 from __future__ import annotations
 
@@ -80,3 +80,32 @@ def certify_command(args: Any, console: Console) -> int:
     certs = [c for n, m in _layers(args.saved, args.layer).items() if (c := certify_layer(n, m)) is not None]
     console.print(escape(certificates_markdown(certs)), soft_wrap=True)
     return 1 if any(c.verdict == "wider accumulator" for c in certs) else 0
+
+
+def export_command(args: Any, console: Console) -> int:
+    """Export a saved static model: ``c`` (header + C99 runtime sources + example main),
+    ``onnx`` (QDQ or QOperator) or ``tflite``. The model must rebuild from the file alone
+    (an nn.Sequential chain such as the digits MLP)."""
+    from .export.format import load
+
+    model = load(args.saved)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.format == "c":
+        from .export.c import export_c
+        from .nn.integer import to_integer_only
+        from .nn.linear import QuantLinear
+
+        if any(isinstance(m, QuantLinear) for m in model.modules()):
+            model = to_integer_only(model)
+        paths = export_c(model, args.out, name=args.name)
+    elif args.format == "onnx":
+        from .interop.onnxruntime import export_onnx
+
+        paths = [export_onnx(model, args.out / f"{args.name}.onnx", form=args.form)]
+    else:
+        from .interop.litert import export_tflite
+
+        paths = [export_tflite(model, args.out / f"{args.name}.tflite")]
+    for p in paths:
+        console.print(f"wrote {p}")
+    return 0

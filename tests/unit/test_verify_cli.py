@@ -82,3 +82,17 @@ def test_cli_verify_explain_certify(saved: Path, tmp_path: Path, capsys: pytest.
     assert cli.main(["verify", str(saved), "--against", "tensorrt"]) == 2
     np.save(tmp_path / "bad.npy", np.zeros((3, 7), np.float32))
     assert cli.main(["explain", str(saved), "--layer", "0", "--input", str(tmp_path / "bad.npy")]) == 2
+
+
+@pytest.mark.needs_cc
+def test_verify_against_c_and_export_c(saved: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from glassquant.interop.c_runtime import compiler
+
+    if compiler() is None:
+        pytest.skip("no C compiler on PATH")
+    checks = verify(load_layers(saved), "c", rows=300)
+    assert [c.compared for c in checks] == [300 * 128, 300 * 10] and all(c.mismatches == 0 for c in checks)
+    assert cli.main(["export", "c", str(saved), "--out", str(tmp_path / "c"), "--name", "digits"]) == 0
+    assert (tmp_path / "c" / "digits.h").exists() and (tmp_path / "c" / "example_main.c").exists()
+    assert cli.main(["verify", str(saved), "--against", "c"]) == 0
+    assert "c: 0 mismatching values" in " ".join(capsys.readouterr().out.split())

@@ -99,6 +99,21 @@ def _pytorch_quantize(x: Tensor, sx: float, zx: int) -> Tensor:
     return pytorch.quantize(x, sx, zx, torch.uint8)
 
 
+def _glassquant_linear(x_q: Tensor, x_scale: float, x_zero_point: int, w_q: Tensor, w_scale: Any,
+                       w_zero_point: Any, bias: Tensor | None, y_scale: float, y_zero_point: int,
+                       relu: bool = False) -> Tensor:
+    """The integer-only ``glassquant`` dialect on a static layer's parameters (uint8 in and out):
+    its ``IntLinear`` twin (int8, shifted by 128), as the C runtime computes it."""
+    from ..nn.integer import IntLinear
+    from ..nn.linear import QuantLinear
+
+    layer = QuantLinear(w_q, w_scale, w_zero_point, bias, x_scale, x_zero_point, y_scale, y_zero_point, relu=relu,
+                        check_overflow=False)
+    twin = IntLinear.from_quant_linear(layer)
+    y = twin.forward_int((x_q.to(torch.int16) - 128).to(torch.int8))  # int8 (M, N)
+    return (y.to(torch.int16) + 128).to(torch.uint8)
+
+
 RECIPES: dict[str, Recipe] = {
     "fbgemm": Recipe("fbgemm", value=fbgemm.prerounding, quantize=_pytorch_quantize, reference=fbgemm.linear),
     "qnnpack": Recipe("qnnpack", bias="int32", value=qnnpack.prerounding, quantize_bias=qnnpack.quantize_bias,
@@ -114,6 +129,8 @@ RECIPES: dict[str, Recipe] = {
                            quantize_bias=_rne_bias),
     "fixed-double": Recipe("fixed-double", bias="int32", tie="up", requant="fixed_double",
                            quantize_bias=_rne_bias),
+    "glassquant": Recipe("glassquant", bias="int32", tie="up", requant="fixed_single", quantize_bias=_rne_bias,
+                         reference=_glassquant_linear),
 }
 RECIPES["x86"] = replace(RECIPES["fbgemm"], name="x86")
 

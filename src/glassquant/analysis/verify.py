@@ -66,6 +66,8 @@ def layer_inputs(layer: Any, rows: int, seed: int) -> Tensor:
 def _own_output(layer: Any, x: Tensor) -> Tensor:
     if layer.kind == "DynamicQuantLinear":
         return layer(x, fast=False)
+    if layer.kind == "IntLinear":
+        return layer.forward_int(x)
     return layer.forward_int(x, fast=False)
 
 
@@ -129,9 +131,27 @@ def _torchao_runner(layer: Any, x: Tensor) -> tuple[Tensor, Tensor, str]:
     return real, layer(x, fast=False), ""
 
 
+def _c_runner(layer: Any, x: Tensor) -> tuple[Tensor, Tensor, str]:
+    """The compiled C runtime against glassquant's integer-only dialect; a static QuantLinear
+    runs as its integer-only twin (uint8 <-> int8 by 128), outputs in the layer's own domain."""
+    from ..interop.c_runtime import run_c
+    from ..nn.integer import IntLinear
+
+    if layer.kind == "IntLinear":
+        twin, x_int, shift = layer, x, 0
+    elif layer.kind == "QuantLinear":
+        twin, x_int, shift = IntLinear.from_quant_linear(layer), (x.to(torch.int16) - 128).to(torch.int8), 128
+    else:
+        raise NotImplementedError(layer.kind)
+    real = run_c(twin, x_int)[0].to(torch.int64) + shift
+    ours = twin.forward_int(x_int).to(torch.int64) + shift
+    return real, ours, "" if shift == 0 else "QuantLinear run as its integer-only (glassquant dialect) twin"
+
+
 for _engine in ("fbgemm", "x86", "qnnpack", "onednn"):
     RUNNERS[_engine] = _torch_ao_runner(_engine)
 RUNNERS["torchao"] = _torchao_runner
+RUNNERS["c"] = _c_runner
 
 
 def _layers(model: nn.Module | dict[str, Any]) -> dict[str, Any]:
