@@ -101,11 +101,15 @@ def export_command(args: Any, console: Console) -> int:
     elif args.format == "onnx":
         from .interop.onnxruntime import export_onnx
 
-        paths = [export_onnx(model, args.out / f"{args.name}.onnx", form=args.form)]
+        path = args.out / f"{args.name}.onnx"
+        export_onnx(model, path, form=args.form)
+        paths = [path]
     else:
         from .interop.litert import export_tflite
 
-        paths = [export_tflite(model, args.out / f"{args.name}.tflite")]
+        path = args.out / f"{args.name}.tflite"
+        export_tflite(model, path)
+        paths = [path]
     for p in paths:
         console.print(f"wrote {p}")
     return 0

@@ -101,6 +101,7 @@ PRESETS: dict[str, Config] = {
     "fbgemm": StaticConfig("fbgemm", WEIGHT_PER_CHANNEL, ACT_UINT7),
     "qnnpack": StaticConfig("qnnpack", WEIGHT_PER_TENSOR, ACT_UINT8),
     "onednn": StaticConfig("onednn", WEIGHT_PER_CHANNEL, ACT_UINT8),
+    "onnx": StaticConfig("onnx", WEIGHT_PER_CHANNEL, ACT_UINT8),
     "x86-default": StaticConfig("x86", WEIGHT_PER_CHANNEL, ACT_UINT7, observer="histogram"),
     "fbgemm-default": StaticConfig("fbgemm", WEIGHT_PER_CHANNEL, ACT_UINT7, observer="histogram"),
     "qnnpack-default": StaticConfig("qnnpack", WEIGHT_PER_TENSOR, ACT_UINT8, observer="histogram"),

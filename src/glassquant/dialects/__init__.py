@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import fbgemm, integer, onednn, qnnpack, torchao
+from . import fbgemm, integer, onednn, onnx, qnnpack, torchao
 
 #: PyTorch engine name -> dialect module (``x86`` routes Linear to fbgemm).
 ENGINES: dict[str, ModuleType] = {"x86": fbgemm, "fbgemm": fbgemm, "qnnpack": qnnpack, "onednn": onednn,
-                                  "torchao": torchao}
+                                  "torchao": torchao, "onnx": onnx}
 
 
 def get(engine: str) -> ModuleType:
@@ -33,4 +33,4 @@ def get_static(engine: str) -> ModuleType:
     return d
 
 
-__all__ = ["ENGINES", "fbgemm", "get", "integer", "onednn", "qnnpack", "torchao"]
+__all__ = ["ENGINES", "fbgemm", "get", "integer", "onednn", "onnx", "qnnpack", "torchao"]

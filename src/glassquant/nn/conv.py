@@ -56,7 +56,7 @@ from torch import Tensor, nn
 
 from .. import dialects
 from ..affine import dequantize
-from ..dialects import fbgemm, qnnpack
+from ..dialects import fbgemm, onnx, qnnpack
 from ..dialects._base import INT32_MAX, accumulate, as_column, check_int32, worst_case_accumulator
 from ..errors import AccumulatorOverflowError, check_finite, check_integer
 from ..floatops import f32
@@ -108,7 +108,8 @@ def onednn_conv_requantize(acc: Tensor, x_scale: float, w_scale: Tensor | float,
 
 
 #: kernel family -> requantize(acc, x_scale, w_scale, bias, y_scale, y_zero_point, relu)
-REQUANTIZE = {"fbgemm": fbgemm.requantize, "qnnpack": qnnpack.requantize, "onednn": onednn_conv_requantize}
+REQUANTIZE = {"fbgemm": fbgemm.requantize, "qnnpack": qnnpack.requantize, "onednn": onednn_conv_requantize,
+              "onnx": onnx.requantize}
 
 
 @functools.lru_cache(maxsize=1)
