@@ -96,3 +96,12 @@ def test_verify_against_c_and_export_c(saved: Path, tmp_path: Path, capsys: pyte
     assert (tmp_path / "c" / "digits.h").exists() and (tmp_path / "c" / "example_main.c").exists()
     assert cli.main(["verify", str(saved), "--against", "c"]) == 0
     assert "c: 0 mismatching values" in " ".join(capsys.readouterr().out.split())
+
+
+def test_verify_against_onnxruntime(saved: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    checks = verify(load_layers(saved), "onnxruntime", rows=300)
+    assert [c.compared for c in checks] == [300 * 128, 300 * 10] and all(c.mismatches == 0 for c in checks)
+    data = digits.load_digits_split()
+    dyn = gq.quantize(copy.deepcopy(digits.digits_mlp(data)), "w8a8-dynamic-per-tensor", progress=False)
+    assert all(c.mismatches == 0 and c.compared > 0 for c in verify(dyn, "onnxruntime"))

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from .. import fixedpoint
-from ..dialects import fbgemm, onednn, qnnpack
+from ..dialects import fbgemm, onednn, onnx, qnnpack
 from ..dialects._base import accumulate, as_column
 from ..floatops import f32
 
@@ -129,6 +129,9 @@ RECIPES: dict[str, Recipe] = {
                            quantize_bias=_rne_bias),
     "fixed-double": Recipe("fixed-double", bias="int32", tie="up", requant="fixed_double",
                            quantize_bias=_rne_bias),
+    "onnx": Recipe("onnx", bias="int32", value=onnx.prerounding, quantize_bias=onnx.quantize_bias,
+                   quantize=lambda x, sx, zx: onnx.quantize(x, sx, zx, torch.uint8), input_zero_point="after",
+                   reference=onnx.linear),
     "glassquant": Recipe("glassquant", bias="int32", tie="up", requant="fixed_single", quantize_bias=_rne_bias,
                          reference=_glassquant_linear),
 }

@@ -148,10 +148,21 @@ def _c_runner(layer: Any, x: Tensor) -> tuple[Tensor, Tensor, str]:
     return real, ours, "" if shift == 0 else "QuantLinear run as its integer-only (glassquant dialect) twin"
 
 
+def _onnxruntime_runner(layer: Any, x: Tensor) -> tuple[Tensor, Tensor, str]:
+    """ONNX Runtime (QOperator graph of the layer) against glassquant's ``onnx`` dialect twin."""
+    from ..interop import onnxruntime as gox
+
+    if layer.kind not in ("QuantLinear", "QuantConv2d", "DynamicQuantLinear"):
+        raise NotImplementedError(layer.kind)
+    twin = _with_engine(layer, "onnx")
+    return gox.run_layer(twin, x, form="qoperator"), _own_output(twin, x), ""
+
+
 for _engine in ("fbgemm", "x86", "qnnpack", "onednn"):
     RUNNERS[_engine] = _torch_ao_runner(_engine)
 RUNNERS["torchao"] = _torchao_runner
 RUNNERS["c"] = _c_runner
+RUNNERS["onnxruntime"] = _onnxruntime_runner
 
 
 def _layers(model: nn.Module | dict[str, Any]) -> dict[str, Any]:
