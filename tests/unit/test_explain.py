@@ -173,7 +173,8 @@ def test_float_vs_fixed() -> None:
 def test_real_dialects_are_fully_explained() -> None:
     g = torch.Generator().manual_seed(10)
     for a, b in [("fbgemm", "onednn"), ("fbgemm", "qnnpack"), ("qnnpack", "onednn"), ("onednn", "fbgemm"),
-                 ("x86", "glassquant"), ("glassquant", "qnnpack"), ("x86", "onnx"), ("onnx", "glassquant")]:
+                 ("x86", "glassquant"), ("glassquant", "qnnpack"), ("x86", "onnx"), ("onnx", "glassquant"),
+                 ("x86", "tflite"), ("tflite", "onnx"), ("glassquant", "tflite")]:
         x_q, w_q = _random(11, m=128, n=64)
         layer = _layer(w_q, sx=0.05, sw=torch.rand(64, generator=g) * 1e-3 + 1e-4, sy=0.37, zx=119, zy=64,
                        bias=torch.randn(64, generator=g))

@@ -105,3 +105,10 @@ def test_verify_against_onnxruntime(saved: Path) -> None:
     data = digits.load_digits_split()
     dyn = gq.quantize(copy.deepcopy(digits.digits_mlp(data)), "w8a8-dynamic-per-tensor", progress=False)
     assert all(c.mismatches == 0 and c.compared > 0 for c in verify(dyn, "onnxruntime"))
+
+
+@pytest.mark.parametrize("runtime", ["litert", "litert-reference", "litert-optimized"])
+def test_verify_against_litert(saved: Path, runtime: str) -> None:
+    pytest.importorskip("ai_edge_litert")
+    checks = verify(load_layers(saved), runtime, rows=300)
+    assert [c.compared for c in checks] == [300 * 128, 300 * 10] and all(c.mismatches == 0 for c in checks)

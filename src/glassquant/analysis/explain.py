@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from .. import fixedpoint
-from ..dialects import fbgemm, onednn, onnx, qnnpack
+from ..dialects import fbgemm, onednn, onnx, qnnpack, tflite
 from ..dialects._base import accumulate, as_column
 from ..floatops import f32
 
@@ -114,6 +114,24 @@ def _glassquant_linear(x_q: Tensor, x_scale: float, x_zero_point: int, w_q: Tens
     return (y.to(torch.int16) + 128).to(torch.uint8)
 
 
+def _tflite_linear(kernel: str) -> Callable[..., Tensor]:
+    """The ``tflite`` dialect of one LiteRT kernel on a static layer's parameters, uint8 in and out."""
+
+    def linear(x_q: Tensor, x_scale: float, x_zero_point: int, w_q: Tensor, w_scale: Any, w_zero_point: Any,
+               bias: Tensor | None, y_scale: float, y_zero_point: int, relu: bool = False) -> Tensor:
+        y8 = tflite.linear((x_q.to(torch.int16) - 128).to(torch.int8), x_scale, x_zero_point - 128, w_q, w_scale,
+                           bias, y_scale, y_zero_point - 128, relu, kernel=kernel)
+        return (y8.to(torch.int16) + 128).to(torch.uint8)
+
+    return linear
+
+
+def _tflite_xnnpack_value(acc: Tensor, sx: float, sw: Any, bias: Tensor | None, sy: float) -> Tensor:
+    """XNNPACK's float32 value (bias already in ``acc`` as int32): ``f32(acc) * f32(f32(sx*sw)/sy)``."""
+    assert bias is None, "tflite: the bias is an int32 added to the accumulator"
+    return tflite.prerounding(acc, sx, sw, sy, "xnnpack")
+
+
 RECIPES: dict[str, Recipe] = {
     "fbgemm": Recipe("fbgemm", value=fbgemm.prerounding, quantize=_pytorch_quantize, reference=fbgemm.linear),
     "qnnpack": Recipe("qnnpack", bias="int32", value=qnnpack.prerounding, quantize_bias=qnnpack.quantize_bias,
@@ -132,6 +150,8 @@ RECIPES: dict[str, Recipe] = {
     "onnx": Recipe("onnx", bias="int32", value=onnx.prerounding, quantize_bias=onnx.quantize_bias,
                    quantize=lambda x, sx, zx: onnx.quantize(x, sx, zx, torch.uint8), input_zero_point="after",
                    reference=onnx.linear),
+    "tflite": Recipe("tflite", bias="int32", value=_tflite_xnnpack_value, quantize_bias=tflite.quantize_bias,
+                     reference=_tflite_linear("xnnpack")),
     "glassquant": Recipe("glassquant", bias="int32", tie="up", requant="fixed_single", quantize_bias=_rne_bias,
                          reference=_glassquant_linear),
 }

@@ -158,11 +158,33 @@ def _onnxruntime_runner(layer: Any, x: Tensor) -> tuple[Tensor, Tensor, str]:
     return gox.run_layer(twin, x, form="qoperator"), _own_output(twin, x), ""
 
 
+def _litert_runner(kernel: str) -> Runner:
+    def run(layer: Any, x: Tensor) -> tuple[Tensor, Tensor, str]:
+        """LiteRT (one FULLY_CONNECTED / CONV_2D model of the layer, run with ``kernel``'s resolver)
+        against the ``tflite`` dialect; uint8 <-> int8 by 128, outputs in the layer's domain."""
+        from ..dialects import tflite
+        from ..interop import litert
+
+        if layer.kind != "QuantLinear":
+            raise NotImplementedError(layer.kind)
+        real = litert.run_layer(layer, x, kernel=kernel)
+        w_scale = layer.w_scale if layer.w_scale.numel() > 1 else float(layer.w_scale)
+        y8 = tflite.linear((x.to(torch.int16) - 128).to(torch.int8), layer.x_scale, layer.x_zero_point - 128,
+                           layer.w_q, w_scale, layer.bias, layer.y_scale, layer.y_zero_point - 128, layer.relu,
+                           kernel=kernel, name=layer.name)
+        return real, (y8.to(torch.int16) + 128).to(torch.uint8), ""
+
+    return run
+
+
 for _engine in ("fbgemm", "x86", "qnnpack", "onednn"):
     RUNNERS[_engine] = _torch_ao_runner(_engine)
 RUNNERS["torchao"] = _torchao_runner
 RUNNERS["c"] = _c_runner
 RUNNERS["onnxruntime"] = _onnxruntime_runner
+RUNNERS["litert"] = _litert_runner("xnnpack")  # LiteRT's default resolver (XNNPACK delegate)
+RUNNERS["litert-reference"] = _litert_runner("reference")
+RUNNERS["litert-optimized"] = _litert_runner("optimized")
 
 
 def _layers(model: nn.Module | dict[str, Any]) -> dict[str, Any]:

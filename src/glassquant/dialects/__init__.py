@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import fbgemm, integer, onednn, onnx, qnnpack, torchao
+from . import fbgemm, integer, onednn, onnx, qnnpack, tflite, torchao
 
 #: PyTorch engine name -> dialect module (``x86`` routes Linear to fbgemm).
 ENGINES: dict[str, ModuleType] = {"x86": fbgemm, "fbgemm": fbgemm, "qnnpack": qnnpack, "onednn": onednn,
@@ -33,4 +33,8 @@ def get_static(engine: str) -> ModuleType:
     return d
 
 
-__all__ = ["ENGINES", "fbgemm", "get", "integer", "onednn", "onnx", "qnnpack", "torchao"]
+#: deployment runtimes with their own integer API (int8 activations, int32 bias): not engines
+#: of ``QuantLinear``, which calls its dialect with uint8 activations and a float bias
+RUNTIMES: dict[str, ModuleType] = {"tflite": tflite, "glassquant": integer}
+
+__all__ = ["ENGINES", "RUNTIMES", "fbgemm", "get", "integer", "onednn", "onnx", "qnnpack", "tflite", "torchao"]
