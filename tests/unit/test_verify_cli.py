@@ -112,3 +112,23 @@ def test_verify_against_litert(saved: Path, runtime: str) -> None:
     pytest.importorskip("ai_edge_litert")
     checks = verify(load_layers(saved), runtime, rows=300)
     assert [c.compared for c in checks] == [300 * 128, 300 * 10] and all(c.mismatches == 0 for c in checks)
+
+
+def test_cli_export_onnx_and_tflite(saved: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("ai_edge_litert")
+    import torch
+
+    from glassquant.interop.litert import run_tflite_model
+    from glassquant.interop.onnxruntime import run_onnx_model
+
+    data = digits.load_digits_split()
+    for form in ("qdq", "qoperator"):
+        assert cli.main(["export", "onnx", str(saved), "--out", str(tmp_path), "--name", f"m_{form}",
+                         "--form", form]) == 0
+        y = run_onnx_model(str(tmp_path / f"m_{form}.onnx"), data.x_test)
+        assert digits.accuracy(y, data.y_test) > 0.95
+    assert cli.main(["export", "tflite", str(saved), "--out", str(tmp_path)]) == 0
+    y = run_tflite_model(tmp_path / "model.tflite", data.x_test)
+    assert y.shape == (len(data.x_test), 10) and digits.accuracy(y, data.y_test) > 0.95
+    assert torch.isfinite(y).all()
