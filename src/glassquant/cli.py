@@ -1,4 +1,4 @@
-"""Command line: ``glassquant demo | quantize | report | verify | explain | certify | export``."""
+"""Command line: ``glassquant demo | quantize | report | verify | explain | certify | export | bench``."""
 
 from __future__ import annotations
 
@@ -66,6 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     x.add_argument("--out", type=Path, required=True, help="output directory")
     x.add_argument("--name", default="model", help="base name of the written files (a C identifier for c)")
     x.add_argument("--form", default="qdq", choices=["qdq", "qoperator"], help="ONNX form (default qdq)")
+    b = sub.add_parser("bench", help="which layers of a model take a slow path, and what to change "
+                       "(the timing suite is `make bench`)")
+    b.add_argument("--explain", metavar="MODEL", required=True, help="a model.safetensors saved by glassquant, "
+                   "or a model spec as in `glassquant quantize` (directory or package.module:factory)")
+    b.add_argument("--preset", default="w8a8-dynamic", help="preset to quantize a float MODEL with")
+    b.add_argument("--calibration", type=Path, help="calibration data (static presets); its first batch is "
+                   "the example input that gives each layer's rows")
+    b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--rows", type=int, help="rows M per call to judge layers at without an example input (default 1)")
     args = parser.parse_args(argv)
     console = Console()
     if args.command == "demo":
@@ -76,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     from . import cli_tools, workflow
 
     try:
+        if args.command == "bench":
+            from .analysis.slowpath import bench_explain_command
+
+            return int(bench_explain_command(args, console))
         if args.command in ("verify", "explain", "certify", "export"):
             return int(getattr(cli_tools, f"{args.command}_command")(args, console))
         if args.command == "quantize":

@@ -1,0 +1,200 @@
+"""The benchmark suite behind ``make bench``: every speed claim of glassquant, measured in one run.
+
+Sections (each interleaves its variants and divides medians from the same rounds; see
+``common.py`` for the timing rules):
+
+1. memory bandwidth per thread count (a large copy and a large read), the floor for cold weights;
+2. Linear layers (``linear.py``): M in {1, 8, 64, 512} x (K, N) in {(768, 768), (768, 3072),
+   (4096, 4096), (4096, 11008)} x 1 and 2 threads, glassquant's layers beside fp32, bf16,
+   torch.ao and torchao; M = 1 also with cold weights;
+3. MiniLM-L6 end to end (``minilm.py``), batch 1 and 32;
+4. the digits MLP and CNN: fp32 vs glassquant static (x86) vs torch.ao eager PTQ (x86), with
+   test accuracy;
+5. conversion time: ``glassquant.quantize`` wall time per model and preset (torch.ao's beside it);
+6. crossovers: for each glassquant Linear path, the largest M*K*N measured slower than fp32 and
+   the smallest measured faster (the data behind ``glassquant.analysis.slowpath.TINY_MACS``).
+
+Writes ``benchmarks/results/<machine>-<date>.json`` (every row, with the machine) and ``.md``
+(the tables); ``--quick`` (< 60 s: one shape, fewer reps) writes ``...-quick.*``.
+Usage: ``python benchmarks/suite.py [--quick] [--out DIR]``. The repetition budgets are set so a full
+run should take about 5-8 minutes on 2 cores (estimated from the parts; the quick run takes ~30 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import common  # benchmarks/ is on sys.path when a script here runs
+import linear
+import minilm
+import torch
+
+import glassquant as gq
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much of everything to run: the knobs ``--quick`` turns."""
+
+    quick: bool
+    threads: tuple[int, ...]
+    linear_budget_s: float  # seconds of calls per variant and shape (adaptive repetitions)
+    linear_min_reps: int
+    linear_max_reps: int
+    model_budget_s: float
+    model_min_reps: int
+    bandwidth_reps: int
+
+    @classmethod
+    def make(cls, quick: bool) -> Plan:
+        if quick:
+            return cls(True, (1,), 0.03, 3, 60, 0.3, 3, 3)
+        return cls(False, (1, 2), 0.1, 5, 400, 2.0, 5, 7)
+
+
+def digits_section(plan: Plan, notes: list[str], log: Callable[[str], None] = print
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The digits MLP and CNN: fp32, glassquant static x86 and torch.ao eager PTQ (x86).
+    Returns ``(timing rows, conversion rows)``."""
+    from glassquant.demo import digits, digits_cnn
+    from glassquant.interop import torch_ao
+
+    data = digits.load_digits_split()
+    rows: list[dict[str, Any]] = []
+    conversion: list[dict[str, Any]] = []
+    nets = {"digits MLP": (digits.digits_mlp(data), lambda x: x), "digits CNN": (digits_cnn.digits_cnn(data),
+                                                                              digits_cnn.as_images)}
+    ok, why = torch_ao.available()
+    if not ok:
+        notes.append(f"digits: torch.ao baseline skipped: {why}")
+    for net_name, (model, prep) in nets.items():
+        calibration = [prep(data.x_train[i:i + 64]) for i in range(0, len(data.x_train), 64)]
+        t0 = time.perf_counter()
+        variants: dict[str, torch.nn.Module] = {"fp32": model,
+                                                "gq static x86": gq.quantize(copy.deepcopy(model), "x86", calibration,
+                                                                             progress=False)}
+        conversion.append({"section": "conversion", "model": net_name, "tool": "glassquant.quantize", "preset": "x86",
+                           "seconds": time.perf_counter() - t0})
+        with torch_ao.engine("x86"), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if ok:
+                t0 = time.perf_counter()
+                variants["torch.ao static x86 (eager PTQ)"] = torch_ao.eager_ptq(model, calibration, "x86")
+                conversion.append({"section": "conversion", "model": net_name, "tool": "torch.ao eager PTQ",
+                                   "preset": "x86 min/max", "seconds": time.perf_counter() - t0})
+            x_test = prep(data.x_test)
+            acc = {n: digits.accuracy(m(x_test), data.y_test) for n, m in variants.items()}
+            for t in plan.threads:
+                torch.set_num_threads(t)
+                for batch in (1,) if plan.quick else (1, len(data.x_test)):
+                    log(f"  {net_name} batch={batch} threads={t}")
+                    x = x_test[:batch]
+                    timings = common.time_interleaved({n: (lambda m=m, x=x: m(x)) for n, m in variants.items()},
+                                                      budget_s=plan.model_budget_s / 4, min_reps=plan.model_min_reps,
+                                                      max_reps=2000)
+                    base = timings["fp32"].median
+                    rows += [{"section": "digits", "model": net_name, "threads": t, "batch": batch, "variant": n,
+                              "median_us": tm.median * 1e6, "reps": len(tm.samples), "x_fp32": base / tm.median,
+                              "test_accuracy": acc[n]} for n, tm in timings.items()]
+    return rows, conversion
+
+
+def crossovers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per glassquant variant (warm, 1 thread): the largest M*K*N slower than fp32 and the
+    smallest faster — where ``slowpath.TINY_MACS`` should sit if the two do not overlap."""
+    out = []
+    warm = [r for r in rows if r["regime"] == "warm" and r["threads"] == 1 and r["family"] == "glassquant"]
+    for name in dict.fromkeys(r["variant"] for r in warm):
+        mine = [(r["M"] * r["K"] * r["N"], r["x_fp32"]) for r in warm if r["variant"] == name]
+        slower = [macs for macs, x in mine if x < 1]
+        faster = [macs for macs, x in mine if x >= 1]
+        out.append({"variant": name, "largest_slower_macs": max(slower, default=None),
+                    "smallest_faster_macs": min(faster, default=None), "shapes": len(mine),
+                    "overlap": bool(slower and faster and min(faster) < max(slower))})
+    return out
+
+
+CONVERSION_COLUMNS = [("model", "model"), ("tool", "tool"), ("preset", "preset"), ("seconds", "seconds")]
+DIGITS_COLUMNS = [("model", "model"), ("threads", "thr"), ("batch", "batch"), ("variant", "variant"),
+                  ("median_us", "median µs"), ("x_fp32", "× fp32"), ("test_accuracy", "test accuracy")]
+CROSSOVER_COLUMNS = [("variant", "variant"), ("largest_slower_macs", "largest M·K·N slower than fp32"),
+                     ("smallest_faster_macs", "smallest M·K·N faster"), ("overlap", "ranges overlap")]
+
+
+def report(machine: common.Machine, plan: Plan, sections: dict[str, Any], notes: list[str],
+           bandwidth: dict[int, dict[str, float]], seconds: float) -> str:
+    """The Markdown results file."""
+    from glassquant.analysis.slowpath import TINY_MACS
+
+    bw = "; ".join(f"{t} thread(s): copy {b['copy_bytes_per_s'] / 1e9:.1f} GB/s (best "
+                   f"{b['best_copy_bytes_per_s'] / 1e9:.1f}), float32 sum {b['read_bytes_per_s'] / 1e9:.1f} GB/s"
+                   for t, b in bandwidth.items())
+    parts = [f"# glassquant benchmarks{' (quick)' if plan.quick else ''}", "",
+             common.machine_markdown(machine, {"memory bandwidth": bw, "suite wall time": f"{seconds:.0f} s",
+                                               "timing": "medians of interleaved single calls, adaptive repetitions "
+                                                         "(reps in the JSON)"}), "",
+             "## Linear layers", "", linear.markdown(sections["linear"]), "",
+             "### Crossovers (warm, 1 thread)", "",
+             f"slowpath.TINY_MACS now: {TINY_MACS}. A path with overlapping ranges has no single M·K·N threshold "
+             "(its overhead scales with M·(K+N), not M·K·N).", "",
+             common.markdown_table(sections["crossovers"], CROSSOVER_COLUMNS), ""]
+    if sections["minilm"]:
+        parts += ["## Models", "", minilm.markdown(sections["minilm"], None if plan.quick else 214), ""]
+    parts += ["### Digits MLP and CNN (test set of 450)", "", common.markdown_table(sections["digits"], DIGITS_COLUMNS),
+              "", "## Conversion time", "", common.markdown_table(sections["conversion"], CONVERSION_COLUMNS)]
+    if notes:
+        parts += ["", "## Notes", "", *[f"- {n}" for n in dict.fromkeys(notes)]]
+    return "\n".join(parts) + "\n"
+
+
+def run(plan: Plan, out_dir: Path = common.RESULTS, log: Callable[[str], None] = print) -> tuple[Path, Path]:
+    """Run every section under ``plan``; write and return the JSON and Markdown paths."""
+    start = time.perf_counter()
+    threads_before = torch.get_num_threads()
+    machine = common.machine_info()
+    notes: list[str] = []
+    bandwidth: dict[int, dict[str, float]] = {}
+    try:
+        for t in plan.threads:
+            torch.set_num_threads(t)
+            log(f"memory bandwidth, {t} thread(s)")
+            bandwidth[t] = common.memory_bandwidth(4 * max(machine.l3_bytes, 64 << 20), reps=plan.bandwidth_reps)
+        log("linear layers")
+        lin_rows = linear.run_section(machine, quick=plan.quick, threads=plan.threads, budget_s=plan.linear_budget_s,
+                                      min_reps=plan.linear_min_reps, max_reps=plan.linear_max_reps,
+                                      bandwidth=bandwidth, notes=notes, log=log)
+        log("MiniLM")
+        mini_rows, conversion = minilm.run_section(
+            machine, quick=plan.quick, threads=plan.threads, budget_s=plan.model_budget_s,
+            min_reps=plan.model_min_reps, max_reps=200, notes=notes, all_presets=not plan.quick, log=log)
+        log("digits")
+        digit_rows, digit_conversion = digits_section(plan, notes, log)
+    finally:
+        torch.set_num_threads(threads_before)
+    sections = {"bandwidth": bandwidth, "linear": lin_rows, "crossovers": crossovers(lin_rows), "minilm": mini_rows,
+                "digits": digit_rows, "conversion": conversion + digit_conversion}
+    seconds = time.perf_counter() - start
+    md = report(machine, plan, sections, notes, bandwidth, seconds)
+    return common.write_results(machine, sections, md, quick=plan.quick, out_dir=out_dir,
+                                meta={"plan": asdict(plan), "seconds": seconds, "notes": notes})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="glassquant's benchmark suite (make bench)")
+    ap.add_argument("--quick", action="store_true", help="a < 60 s smoke run: one shape, 1 thread, fewer reps")
+    ap.add_argument("--out", type=Path, default=common.RESULTS, help="results directory")
+    args = ap.parse_args()
+    json_path, md_path = run(Plan.make(args.quick), args.out)
+    print(md_path.read_text())
+    print(f"written to {json_path} and {md_path}")
+
+
+if __name__ == "__main__":
+    main()
