@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest clean bench bench-quick
+.PHONY: demo test lint typecheck pytest clean bench bench-quick bench-gpu
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -36,3 +36,6 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python benchmarks/suite.py --quick
+
+bench-gpu: $(STAMP)
+	$(BIN)/python benchmarks/gpu.py
