@@ -192,6 +192,9 @@ def test_layer_fused_equals_reference(shape: tuple[int, ...], per_channel: bool,
 
 
 def test_layer_takes_the_fused_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    from glassquant.kernels import vnni
+
+    monkeypatch.setattr(vnni, "available", lambda: False)  # with AVX512-VNNI the layer runs kernels.vnni
     layer = _layer(32, 8, seed=1)
     calls = []
     real = fused.rescale_rows

@@ -16,14 +16,19 @@ from torch import Tensor, nn
 from .. import dialects
 from ..affine import dequantize
 from ..config import WEIGHT_PER_CHANNEL, WEIGHT_PER_TENSOR
-from ..dialects import torchao
+from ..dialects import fbgemm, torchao
 from ..dialects._base import INT32_MAX, accumulate, worst_case_accumulator
 from ..errors import AccumulatorOverflowError, check_finite, check_integer
-from ..kernels import fused
+from ..kernels import fused, vnni
 from ..kernels.cpu import PackedWeight, accumulate_int_mm
 from ..qparams import choose_qparams, observe_range
 from ..scheme import QScheme
 from .base import QuantModule, register
+
+#: engines whose layers may take the compiled AVX512-VNNI path (kernels/vnni.py); the plan
+#: builders re-check the dialect, the device and the int32 bound
+_VNNI_STATIC = frozenset({"x86", "fbgemm"})
+_VNNI_DYNAMIC = frozenset({"x86", "fbgemm", "torchao"})
 
 
 def quantize_weight(weight: Tensor, scheme: QScheme, engine: str, name: str = "weight"
@@ -110,6 +115,7 @@ class QuantLinear(QuantModule):
                 f"{name}: worst-case |accumulator| {self.accumulator_bound} > 2**31 - 1 for K = "
                 f"{w_q.shape[1]}; some uint8 input would overflow int32. Use reduce_range or split K.")
         self._packed: PackedWeight | None = None
+        self._vnni = vnni.PlanCache()
 
     @property
     def in_features(self) -> int:
@@ -129,6 +135,9 @@ class QuantLinear(QuantModule):
 
     def forward_int(self, x_q: Tensor, fast: bool = True) -> Tensor:
         """uint8 (..., K) -> uint8 (..., N), integers only until the dialect's requantize."""
+        plan = self._vnni_plan() if fast and x_q.dtype == torch.uint8 and x_q.device.type == "cpu" else None
+        if plan is not None and vnni.accepts(plan, x_q):  # one compiled call, the same integers (kernels/vnni.py)
+            return vnni.run_uint8(plan, x_q)
         check_integer(x_q, f"{self.name}: x_q", (torch.uint8,))
         if x_q.shape[-1] != self.in_features:
             raise ValueError(f"{self.name}: input has {x_q.shape[-1]} features, layer expects {self.in_features}")
@@ -144,10 +153,39 @@ class QuantLinear(QuantModule):
         check_finite(x, f"{self.name}: input")
         return self.dialect.quantize(x, self.x_scale, self.x_zero_point, torch.uint8)
 
-    def forward(self, x: Tensor) -> Tensor:
-        y_q = self.forward_int(self.quantize_input(x))
+    def forward(self, x: Tensor, fast: bool = True) -> Tensor:
+        """Float (..., K) -> float32 (..., N): quantize, ``forward_int``, dequantize (one compiled
+        call on the fast path, the same numbers)."""
+        plan = self._vnni_plan() if fast and x.dtype == torch.float32 and x.device.type == "cpu" else None
+        if plan is not None and vnni.accepts(plan, x):
+            y = vnni.run_float(plan, x)
+            if y is not None:  # None: NaN/Inf in x, reported by name below
+                return y
+        y_q = self.forward_int(self.quantize_input(x), fast)
         return dequantize(y_q, torch.tensor(self.y_scale), torch.tensor(self.y_zero_point),
                           QScheme(bits=8, signed=False))
+
+    def _vnni_plan(self) -> vnni.Plan | None:
+        """The compiled AVX512-VNNI plan (fbgemm/x86 dialect), rebuilt when a buffer or setting
+        changes; None where it does not apply (no VNNI, another dialect, an asymmetric weight, a
+        weight whose worst-case accumulator could leave int32): the other paths then run."""
+        if not vnni.available() or self.engine not in _VNNI_STATIC:
+            return None
+        b = self._buffers  # direct reads: Module.__getattr__ is slow and this runs on every call
+        w_q, w_scale, w_zero_point = b["w_q"], b["w_scale"], b["w_zero_point"]
+        assert w_q is not None and w_scale is not None and w_zero_point is not None
+        return self._vnni.get(w_q, w_scale, w_zero_point, b["bias"],
+                              (self.engine, self.relu, self.x_scale, self.x_zero_point, self.y_scale,
+                               self.y_zero_point), self._build_vnni_plan)
+
+    def _build_vnni_plan(self) -> vnni.Plan | None:
+        if self.dialect is not fbgemm or self.w_q.device.type != "cpu":
+            return None
+        bound = int(worst_case_accumulator(self.w_q, self.w_zero_point, 0, 255, self.x_zero_point).max())
+        if bound > INT32_MAX:  # only the checked paths may see an overflow
+            return None
+        return vnni.plan_static(self.w_q, self.w_scale, self.w_zero_point, self.bias, self.x_scale,
+                                self.x_zero_point, self.y_scale, self.y_zero_point, self.relu)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, engine={self.engine}, "
@@ -216,6 +254,7 @@ class DynamicQuantLinear(QuantModule):
         if bound > INT32_MAX:
             raise AccumulatorOverflowError(f"{name}: worst-case |accumulator| {bound} > 2**31 - 1")
         self._packed: PackedWeight | None = None
+        self._vnni = vnni.PlanCache()
 
     @property
     def in_features(self) -> int:
@@ -226,6 +265,11 @@ class DynamicQuantLinear(QuantModule):
         return int(self.w_q.shape[0])
 
     def forward(self, x: Tensor, fast: bool = True) -> Tensor:
+        plan = self._vnni_plan() if fast and x.dtype == torch.float32 and x.device.type == "cpu" else None
+        if plan is not None and vnni.accepts(plan, x):  # one compiled call, the dialect's numbers (kernels/vnni.py)
+            y = vnni.run_float(plan, x)
+            if y is not None:  # None: NaN/Inf in x, reported by name below
+                return y
         if x.shape[-1] != self.in_features:
             raise ValueError(f"{self.name}: input has {x.shape[-1]} features, layer expects {self.in_features}")
         if x.numel() == 0:
@@ -233,8 +277,8 @@ class DynamicQuantLinear(QuantModule):
         d = self.dialect
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)  # (M, K)
-        if fast and self.engine == "torchao" and x2.dtype == torch.float32 and x2.device.type == "cpu" \
-                and fused.available():
+        if fast and plan is None and self.engine == "torchao" and x2.dtype == torch.float32 \
+                and x2.device.type == "cpu" and fused.available():
             y = self._forward_fused(x2)
             if y is not None:
                 return y.reshape(*lead, self.out_features)
@@ -251,6 +295,27 @@ class DynamicQuantLinear(QuantModule):
         w_scale = self.w_scale if self.w_scale.numel() > 1 else float(self.w_scale)
         y = d.dynamic_output(acc, x_scale, w_scale, self.bias, self.relu)
         return y.reshape(*lead, self.out_features)
+
+    def _vnni_plan(self) -> vnni.Plan | None:
+        """The compiled AVX512-VNNI plan (torchao per-token or fbgemm/x86 per-tensor dialect), rebuilt
+        when a buffer or setting changes; None where it does not apply (no VNNI, another dialect, an
+        asymmetric weight, a weight whose worst-case accumulator could leave int32)."""
+        if not vnni.available() or self.engine not in _VNNI_DYNAMIC:
+            return None
+        b = self._buffers  # direct reads: Module.__getattr__ is slow and this runs on every call
+        w_q, w_scale, w_zero_point = b["w_q"], b["w_scale"], b["w_zero_point"]
+        assert w_q is not None and w_scale is not None and w_zero_point is not None
+        return self._vnni.get(w_q, w_scale, w_zero_point, b["bias"], (self.engine, self.relu, self.reduce_range),
+                              self._build_vnni_plan)
+
+    def _build_vnni_plan(self) -> vnni.Plan | None:
+        if self.dialect not in (torchao, fbgemm) or self.w_q.device.type != "cpu":
+            return None
+        if int(worst_case_accumulator(self.w_q, self.w_zero_point, 0, 255, 0).max()) > INT32_MAX:
+            return None
+        if self.dialect is torchao:
+            return vnni.plan_token(self.w_q, self.w_scale, self.w_zero_point, self.bias, self.relu)
+        return vnni.plan_dynamic(self.w_q, self.w_scale, self.w_zero_point, self.bias, self.relu, self.reduce_range)
 
     def _forward_fused(self, x2: Tensor) -> Tensor | None:
         """The torchao per-token path in two compiled passes around ``_int_mm`` (same floats as
