@@ -1,4 +1,4 @@
-"""Command line: ``glassquant demo | quantize | report | verify | explain | certify | export | bench``."""
+"""Command line: ``glassquant demo | quantize | report | verify | explain | certify | export | bench | allocate``."""
 
 from __future__ import annotations
 
@@ -75,6 +75,21 @@ def main(argv: list[str] | None = None) -> int:
                    "the example input that gives each layer's rows")
     b.add_argument("--batch-size", type=int, default=32)
     b.add_argument("--rows", type=int, help="rows M per call to judge layers at without an example input (default 1)")
+    al = sub.add_parser("allocate", help="per-layer weight bit widths (2-8) by rate-distortion: save the mixed model, "
+                        "a Markdown table and the Pareto plot")
+    al.add_argument("model", help="a local Hugging Face / sentence-transformers directory, or package.module:factory "
+                    "(e.g. glassquant.demo.digits:digits_mlp)")
+    goal = al.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--budget-bytes", type=int, help="most weight bytes (packed codes + scales + zero points)")
+    goal.add_argument("--max-drop", type=float, help="largest drop of the metric below the float model")
+    al.add_argument("--calibration", type=Path, help="text (one sentence per line) or .npy/.pt/.safetensors inputs "
+                    "(optional for the digits demo)")
+    al.add_argument("--batch-size", type=int, default=32)
+    al.add_argument("--bits", default="2,3,4,5,6,7,8", help="candidate bit widths, comma-separated")
+    al.add_argument("--pareto-points", type=int, default=12, help="Lagrangian solutions to run for the curve")
+    al.add_argument("--distortion", default="auto", choices=["auto", "output", "model", "layer"])
+    al.add_argument("--max-rows", type=int, default=1024, help="calibration rows per layer for its output error")
+    al.add_argument("--out", type=Path, required=True, help="output directory")
     args = parser.parse_args(argv)
     console = Console()
     if args.command == "demo":
@@ -85,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     from . import cli_tools, workflow
 
     try:
+        if args.command == "allocate":
+            from .analysis.allocate import allocate_command
+
+            return int(allocate_command(args, console))
         if args.command == "bench":
             from .analysis.slowpath import bench_explain_command
 
