@@ -300,6 +300,14 @@ def render(console: Console) -> None:
     console.print(_table("Objective parts: squared error vs number of tags",
                          ("grid", "sum (tag - x)^2", "tags"),
                          [(g, *distortion_levels(PRICES, g)) for g in DISTORTION_GRIDS]))
+    from ..analysis.allocate_cli import pricetag_distortion_curve
+
+    console.print(_table("The post's objective solved: the best grid for each lambda",
+                         ("grid", "tags", "sum (tag - x)^2", "optimal for lambda in"),
+                         [(p.grid, p.levels, p.distortion,
+                           f"[{float(p.lam_range[0]):.4g}, "
+                           f"{'inf' if p.lam_range[1] is None else f'{float(p.lam_range[1]):.4g}'}]")
+                          for p in pricetag_distortion_curve() if p.lam_range is not None]))
     x_lo, y_lo, x_hi, y_hi = POST_FIT_POINTS
     fit = two_point_fit(x_lo, y_lo, x_hi, y_hi)
     pa, pb = POST_PRINTED_FIT
