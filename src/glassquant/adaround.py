@@ -341,7 +341,7 @@ def collect_grams(model: nn.Module, batches: Iterable[Any], run: Callable[[nn.Mo
     return {n: acc.hessian() / 2.0 for n, acc in accs.items()}
 
 
-def adaround_model(model: nn.Module, batches: Iterable[Any], scheme: QScheme,
+def adaround_model(model: nn.Module, batches: Iterable[Any] | None, scheme: QScheme,
                    config: AdaRoundConfig = AdaRoundConfig(), run: Callable[[nn.Module, Any], Any] | None = None,
                    include: Sequence[str] | None = None, types: tuple[type[nn.Module], ...] = (nn.Linear,),
                    grams: dict[str, Tensor] | None = None) -> dict[str, RoundedWeight]:
@@ -352,6 +352,8 @@ def adaround_model(model: nn.Module, batches: Iterable[Any], scheme: QScheme,
     :func:`weight_only_linear` (grids glassquant's layers hold) or :func:`dequantized_module`.
     """
     if grams is None:
+        if batches is None:
+            raise ValueError("AdaRound needs calibration data: give batches or precomputed grams")
         grams = collect_grams(model, batches, run, include, types)
     out: dict[str, RoundedWeight] = {}
     for n, g in grams.items():

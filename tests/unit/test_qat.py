@@ -196,6 +196,7 @@ def test_converted_layers_equal_torch_ao(data: digits.Digits, trained: tuple[nn.
         mutant = HalfAwayMutant(fbgemm).linear(c.x_q, c.x_scale, c.x_zero_point, c.w_q, c.w_scale_arg(),
                                                c.w_zero_point, c.bias, c.y_scale, c.y_zero_point, relu=c.relu)
         assert not torch.equal(mutant, ref)  # a wrong tie rule is caught on these inputs
+    print(f"\n{compared} output integers compared with torch.ao quantized::linear, 0 mismatches")
     assert compared >= 100_000, compared
     # mutant: the untrained (min/max) weight scales give other integers — conversion used the learned ones
     fresh = convert_qat(prepare_qat(copy.deepcopy(mlp), 3, 8, calibration=[data.x_train], weight_init="minmax"))
@@ -206,12 +207,12 @@ def test_fake_quant_forward_matches_integer_model(data: digits.Digits, trained: 
                                                   tmp_path: Path) -> None:
     """Bound: given the same input integers, each layer's fake-quant output integers differ from the
     integer layer's by at most 1 (only the float32 operation order of requantization differs); on the
-    whole model the logits' arg-max agree on >= 99.5 % of inputs. Measured: 0 differing integers."""
+    whole model the logits' arg-max agree on >= 99.5 % of inputs. Measured: 1 of 144,762 integers differs, by 1."""
     m, _ = trained
     q = convert_qat(copy.deepcopy(m), ENGINE)
     g = torch.Generator().manual_seed(1)
     x = torch.cat([data.x_test, torch.rand(600, 64, generator=g) * 3 - 1])
-    worst = 0
+    worst, differing, total = 0, 0, 0
     for name, x_q in layer_inputs(q, x).items():
         layer, qat = q.get_submodule(name), m.get_submodule(name)
         x_f = (x_q.to(torch.float32) - layer.x_zero_point) * layer.x_scale  # eq. 1: the grid values
@@ -220,7 +221,9 @@ def test_fake_quant_forward_matches_integer_model(data: digits.Digits, trained: 
             y = torch.relu(y) if qat.relu else y
             s, z = qat.output_fq.qparams()
             y_q = quantize(y, s.reshape(()), z.reshape(()), act_scheme(8))
-        worst = max(worst, int((y_q.to(torch.int32) - layer.forward_int(x_q).to(torch.int32)).abs().max()))
+        diff = (y_q.to(torch.int32) - layer.forward_int(x_q).to(torch.int32)).abs()
+        worst, differing, total = max(worst, int(diff.max())), differing + int((diff > 0).sum()), total + diff.numel()
+    print(f"\nfake quant vs integer layers: {differing} of {total} output integers differ, by at most {worst}")
     assert worst <= 1
     with torch.no_grad():
         agree = float((m(x).argmax(1) == q(x).argmax(1)).double().mean())
