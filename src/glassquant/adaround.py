@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 from .affine import dequantize, expand_param
 from .errors import check_finite
-from .gptq import HessianAccumulator
+from .gptq import HessianAccumulator, _run_default  # one rule for feeding a batch to a model
 from .qparams import choose_qparams, observe_range
 from .scheme import QScheme
 
@@ -300,15 +300,6 @@ def layer_rows(module: nn.Module, x: Tensor, name: str = "layer") -> Tensor:
                                     module.stride)  # (n, C*kh*kw, L)
         return cols.transpose(1, 2).reshape(-1, cols.shape[1])  # (n*L, C*kh*kw)
     raise TypeError(f"{name}: AdaRound handles nn.Linear and nn.Conv2d, got {type(module).__name__}")
-
-
-def _run_default(model: nn.Module, batch: Any) -> None:
-    if isinstance(batch, dict):
-        model(**batch)
-    elif isinstance(batch, (tuple, list)):
-        model(*batch)
-    else:
-        model(batch)
 
 
 def collect_grams(model: nn.Module, batches: Iterable[Any], run: Callable[[nn.Module, Any], Any] | None = None,

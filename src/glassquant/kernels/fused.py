@@ -14,11 +14,11 @@ device, contiguity, shape) before any pointer is passed.
 from __future__ import annotations
 
 import ctypes
-import importlib.machinery
-from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from ._libs import load_extension
 
 __all__ = ["available", "quantize_rows", "rescale_rows"]
 
@@ -26,22 +26,16 @@ _c_i64, _c_ptr = ctypes.c_int64, ctypes.c_void_p
 
 
 def _load() -> ctypes.CDLL | None:
-    here = Path(__file__).resolve().parent
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = here / f"_fused{suffix}"
-        if path.is_file():
-            try:
-                lib = ctypes.CDLL(str(path))  # torch (and its libgomp) is already loaded
-            except OSError:  # pragma: no cover - a broken build
-                return None
-            lib.gq_quantize_rows.restype = ctypes.c_int
-            lib.gq_quantize_rows.argtypes = [_c_ptr, _c_i64, _c_i64, _c_i64, _c_ptr, _c_ptr,
-                                             ctypes.c_int32, ctypes.c_int32, ctypes.c_float, ctypes.c_float]
-            lib.gq_rescale_rows.restype = None
-            lib.gq_rescale_rows.argtypes = [_c_ptr, _c_i64, _c_i64, _c_ptr, _c_ptr, _c_i64, _c_ptr,
-                                            ctypes.c_int, _c_ptr]
-            return lib
-    return None
+    lib = load_extension("_fused")
+    if lib is None:
+        return None
+    lib.gq_quantize_rows.restype = ctypes.c_int
+    lib.gq_quantize_rows.argtypes = [_c_ptr, _c_i64, _c_i64, _c_i64, _c_ptr, _c_ptr,
+                                     ctypes.c_int32, ctypes.c_int32, ctypes.c_float, ctypes.c_float]
+    lib.gq_rescale_rows.restype = None
+    lib.gq_rescale_rows.argtypes = [_c_ptr, _c_i64, _c_i64, _c_ptr, _c_ptr, _c_i64, _c_ptr,
+                                    ctypes.c_int, _c_ptr]
+    return lib
 
 
 _LIB = _load()

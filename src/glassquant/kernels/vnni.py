@@ -21,11 +21,9 @@ layers then take their other paths (same numbers, slower).
 from __future__ import annotations
 
 import ctypes
-import importlib.machinery
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -33,6 +31,7 @@ from torch import Tensor
 from ..dialects import torchao
 from ..dialects._base import as_column
 from ..floatops import f32
+from ._libs import load_extension
 
 __all__ = ["Plan", "PlanCache", "accepts", "available", "plan_dynamic", "plan_static", "plan_token", "run_float",
            "run_uint8"]
@@ -60,29 +59,23 @@ class _Args(ctypes.Structure):
 
 
 def _load() -> ctypes.CDLL | None:
-    here = Path(__file__).resolve().parent
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = here / f"_vnni{suffix}"
-        if path.is_file():
-            try:
-                lib = ctypes.CDLL(str(path))  # torch (and its libgomp) is already loaded
-            except OSError:  # pragma: no cover - a broken build
-                return None
-            lib.gq_vnni_supported.restype = ctypes.c_int
-            lib.gq_vnni_work_bytes.restype = _c_i64
-            lib.gq_vnni_work_bytes.argtypes = [_c_i64, _c_i64]
-            lib.gq_vnni_linear.restype = ctypes.c_int
-            lib.gq_vnni_linear.argtypes = [ctypes.POINTER(_Args)]
-            lib.gq_vnni_run.restype = ctypes.c_int
-            lib.gq_vnni_run.argtypes = [ctypes.POINTER(_Args), _c_ptr, _c_i64, _c_i64, _c_ptr, _c_ptr, _c_i64,
-                                        _c_i32, _c_i32, _c_i32, _c_i32]
-            lib.gq_vnni_peak_ops.restype = ctypes.c_double
-            lib.gq_vnni_peak_ops.argtypes = [_c_i64, _c_i32]
-            lib.gq_vnni_choose_qparams_u8.restype = None
-            lib.gq_vnni_choose_qparams_u8.argtypes = [_c_f32, _c_f32, _c_i32, _c_i32, _c_i32,
-                                                      ctypes.POINTER(_c_f32), ctypes.POINTER(_c_i32)]
-            return lib
-    return None
+    lib = load_extension("_vnni")
+    if lib is None:
+        return None
+    lib.gq_vnni_supported.restype = ctypes.c_int
+    lib.gq_vnni_work_bytes.restype = _c_i64
+    lib.gq_vnni_work_bytes.argtypes = [_c_i64, _c_i64]
+    lib.gq_vnni_linear.restype = ctypes.c_int
+    lib.gq_vnni_linear.argtypes = [ctypes.POINTER(_Args)]
+    lib.gq_vnni_run.restype = ctypes.c_int
+    lib.gq_vnni_run.argtypes = [ctypes.POINTER(_Args), _c_ptr, _c_i64, _c_i64, _c_ptr, _c_ptr, _c_i64,
+                                _c_i32, _c_i32, _c_i32, _c_i32]
+    lib.gq_vnni_peak_ops.restype = ctypes.c_double
+    lib.gq_vnni_peak_ops.argtypes = [_c_i64, _c_i32]
+    lib.gq_vnni_choose_qparams_u8.restype = None
+    lib.gq_vnni_choose_qparams_u8.argtypes = [_c_f32, _c_f32, _c_i32, _c_i32, _c_i32,
+                                              ctypes.POINTER(_c_f32), ctypes.POINTER(_c_i32)]
+    return lib
 
 
 _LIB = _load()
