@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-$(STAMP): $(BIN)/python pyproject.toml setup.py src/glassquant/kernels/_fused.c
+$(STAMP): $(BIN)/python pyproject.toml setup.py $(wildcard src/glassquant/kernels/*.c src/glassquant/kernels/*.h)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)

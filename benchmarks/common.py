@@ -176,13 +176,20 @@ def _once(fn: Callable[[], Any]) -> float:
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], *, budget_s: float = 0.2, min_reps: int = 5,
-                     max_reps: int = 300, warmup: int = 1) -> dict[str, Timing]:
+                     max_reps: int = 300, warmup: int = 1, warm_cache: bool = False) -> dict[str, Timing]:
     """Median-ready timings of several variants, interleaved call by call.
 
     Each variant is warmed up ``warmup`` times, then gets ``clamp(budget_s / t_first,
     min_reps, max_reps)`` calls, where ``t_first`` is its last warm-up time. Rounds call every
     variant that still needs samples once, in list order on even rounds and reversed on odd
     ones. Exceptions propagate: a failing variant should be removed by the caller, not timed.
+
+    ``warm_cache``: each timed call is preceded by one untimed call of the same variant, so
+    every sample finds that variant's data in cache whatever ran before it. Without it, a
+    variant whose samples all fall in the first rounds (a slow one) runs after every other
+    variant has evicted its weights, and a fast one, sampled on in later rounds once the slow
+    ones are done, does not: the same "warm" label would mean two cache states (measured:
+    a 16 MB int8 weight timed 1,290 µs in early rounds and 740 µs in late ones).
     """
     first: dict[str, float] = {}
     for name, fn in fns.items():
@@ -194,6 +201,8 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], *, budget_s: float = 0.2
     for r in range(max(reps.values(), default=0)):
         for name in order if r % 2 == 0 else reversed(order):
             if len(out[name].samples) < reps[name]:
+                if warm_cache:
+                    fns[name]()
                 out[name].samples.append(_once(fns[name]))
     return out
 
@@ -212,6 +221,44 @@ def memory_bandwidth(nbytes: int, reps: int = 5) -> dict[str, float]:
     return {"copy_bytes_per_s": 2 * 4 * n / t["copy"].median, "read_bytes_per_s": 4 * n / t["read"].median,
             "best_copy_bytes_per_s": 2 * 4 * n / min(t["copy"].samples),
             "best_read_bytes_per_s": 4 * n / min(t["read"].samples), "bytes": 4 * n}
+
+
+def resident_bytes(obj: Any) -> int:
+    """Bytes of every distinct tensor storage reachable from ``obj`` (a module after its first
+    call): parameters, buffers, and tensors held in plain attributes, dataclasses (a packed
+    weight, a kernel plan), tuples, lists and dicts, each storage counted once. This measures
+    what a layer keeps in memory, lazily packed copies included, not what a formula says it should.
+    """
+    seen_objects: set[int] = set()
+    storages: dict[int, int] = {}
+
+    def visit(o: Any, depth: int) -> None:
+        if depth > 8 or id(o) in seen_objects:
+            return
+        seen_objects.add(id(o))
+        if isinstance(o, torch.Tensor):
+            st = o.untyped_storage()
+            storages[st.data_ptr()] = max(storages.get(st.data_ptr(), 0), st.nbytes())
+            return
+        if isinstance(o, torch.nn.Module):
+            items: list[Any] = [*o._parameters.values(), *o._buffers.values(), *o._modules.values()]
+            items += [v for k, v in vars(o).items() if k not in ("_parameters", "_buffers", "_modules")]
+        elif isinstance(o, dict):
+            items = list(o.values())
+        elif isinstance(o, (list, tuple, set, frozenset)):
+            items = list(o)
+        elif hasattr(o, "__dict__") and not isinstance(o, type):
+            items = list(vars(o).values())
+        elif hasattr(o, "__slots__"):
+            items = [getattr(o, s, None) for s in o.__slots__]
+        else:
+            return
+        for v in items:
+            if v is not None and not isinstance(v, (int, float, str, bool, bytes)):
+                visit(v, depth + 1)
+
+    visit(obj, 0)
+    return sum(storages.values())
 
 
 # --------------------------------------------------------------------------- results

@@ -6,7 +6,8 @@ normal ``forward`` — float in, float out — so faster kernels inside the laye
 without a change. Static layers are also timed on their integer path (``forward_int``,
 uint8 in, uint8 out) beside torch.ao's quantized Linear on quantized tensors.
 
-Two regimes: **warm** (one layer called again and again: weights stay in cache) and, for
+Two regimes: **warm** (each timed call right after an untimed call of the same layer: its
+weights in cache, whatever ran before) and, for
 M = 1, **cold** (the calls rotate over enough copies of every variant that the weights must
 stream from memory: the copies of all variants together exceed twice the L3 size, and the
 interleaved rounds touch all of them between two calls of one copy). The cold floor is
@@ -170,6 +171,17 @@ def check_agreement(variants: list[Variant], inputs: Inputs, notes: list[str]) -
             notes.append(f"MISMATCH: gq static forward_int != torch.ao x86 at M={m} K={k}")
 
 
+def _resident(module: nn.Module) -> int | None:
+    """``common.resident_bytes`` of a layer, or None where its storage is opaque to Python
+    (torch.ao's packed parameters live in a C++ object)."""
+    if module.__class__.__module__.startswith("torch.ao"):
+        return None
+    try:
+        return common.resident_bytes(module)
+    except (RuntimeError, TypeError, NotImplementedError):  # a tensor subclass without one storage
+        return None
+
+
 def _rotating(call: Callable[[nn.Module, Inputs], Any], modules: list[nn.Module], inputs: Inputs
               ) -> Callable[[], Any]:
     cycle: Iterator[nn.Module] = itertools.cycle(modules)
@@ -177,13 +189,17 @@ def _rotating(call: Callable[[nn.Module, Inputs], Any], modules: list[nn.Module]
 
 
 def _row(v: Variant, t: common.Timing, m: int, k: int, n: int, threads: int, regime: str,
-         machine: common.Machine) -> dict[str, Any]:
+         machine: common.Machine, peak: float | None = None) -> dict[str, Any]:
+    """One timing row. ``% int8 peak``: of the nominal peak of ``threads`` cores (``machine``);
+    ``% measured peak``: of ``peak``, the VPDPBUSD throughput measured at ``threads`` in this run."""
     macs = m * k * n
+    nominal = machine.int8_peak_ops * min(threads, machine.cores) / machine.cores
     return {"section": "linear", "regime": regime, "threads": threads, "M": m, "K": k, "N": n, "variant": v.name,
             "family": v.family, "baseline": v.baseline, "median_us": t.median * 1e6,
             "p25_us": t.quantile(0.25) * 1e6, "p75_us": t.quantile(0.75) * 1e6, "reps": len(t.samples),
             "gops": 2 * macs / t.median / 1e9, "tops": 2 * macs / t.median / 1e12,
-            "pct_int8_peak": 100 * 2 * macs / t.median / machine.int8_peak_ops if v.int8 else None,
+            "pct_int8_peak": 100 * 2 * macs / t.median / nominal if v.int8 else None,
+            "pct_measured_peak": 100 * 2 * macs / t.median / peak if v.int8 and peak else None,
             "weight_bytes": v.weight_bytes}
 
 
@@ -209,16 +225,19 @@ def float_linear(k: int, n: int) -> tuple[nn.Linear, Tensor, torch.Generator]:
 
 def measure(variants: list[Variant], inputs: Inputs, threads: int, machine: common.Machine, *, budget_s: float,
             min_reps: int, max_reps: int, cold: bool, bandwidth: float | None, max_copies: int = 256,
-            notes: list[str] | None = None) -> list[dict[str, Any]]:
+            notes: list[str] | None = None, peak: float | None = None) -> list[dict[str, Any]]:
     """Warm (and, with ``cold``, cold) rows for one M at ``threads`` threads."""
     m, k = inputs.x.shape
     n = variants[0].module.out_features
     torch.set_num_threads(threads)
     todo = [v for v in variants if not (v.warm_only and m * k * n > REFERENCE_MAX_MACS)]
     warm = common.time_interleaved({v.name: (lambda v=v: v.call(v.module, inputs)) for v in todo},
-                                   budget_s=budget_s, min_reps=min_reps, max_reps=max_reps)
-    rows = [_row(v, warm[v.name], m, k, n, threads, "warm", machine) for v in todo]
+                                   budget_s=budget_s, min_reps=min_reps, max_reps=max_reps, warm_cache=True)
+    rows = [_row(v, warm[v.name], m, k, n, threads, "warm", machine, peak) for v in todo]
     _ratios(rows)
+    for v, r in zip(todo, rows, strict=True):  # measured after the calls: lazily packed copies count
+        r["resident_bytes"] = _resident(v.module)
+        r["resident_x_nk"] = None if r["resident_bytes"] is None else r["resident_bytes"] / (n * k)
     if cold:
         cold_vs = [v for v in todo if not v.warm_only]
         count = max(1, min(max_copies, math.ceil(2 * machine.l3_bytes / sum(v.weight_bytes for v in cold_vs))))
@@ -229,7 +248,7 @@ def measure(variants: list[Variant], inputs: Inputs, threads: int, machine: comm
         t = common.time_interleaved({v.name: _rotating(v.call, pools[v.name], inputs) for v in cold_vs},
                                     budget_s=budget_s, min_reps=max(min_reps, min(count, max_reps)),
                                     max_reps=max_reps)
-        cold_rows = [_row(v, t[v.name], m, k, n, threads, "cold", machine) for v in cold_vs]
+        cold_rows = [_row(v, t[v.name], m, k, n, threads, "cold", machine, peak) for v in cold_vs]
         _ratios(cold_rows)
         for r in cold_rows:
             r["copies"] = count
@@ -243,7 +262,8 @@ def measure(variants: list[Variant], inputs: Inputs, threads: int, machine: comm
 def run_section(machine: common.Machine, *, quick: bool, threads: tuple[int, ...], budget_s: float,
                 min_reps: int, max_reps: int, bandwidth: dict[int, dict[str, float]], notes: list[str],
                 shapes: tuple[tuple[int, int], ...] | None = None, ms: tuple[int, ...] | None = None,
-                max_copies: int = 256, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+                max_copies: int = 256, log: Callable[[str], None] = print,
+                peaks: dict[int, float] | None = None) -> list[dict[str, Any]]:
     """Every (K, N) x threads x M of the linear section (quick: M in {1, 64}, K = N = 768).
 
     The variants of one (K, N) are built once and timed at every M and thread count; M = 1
@@ -263,13 +283,16 @@ def run_section(machine: common.Machine, *, quick: bool, threads: tuple[int, ...
                     log(f"  linear M={m} K={k} N={n} threads={t}")
                     rows += measure(variants, inputs, t, machine, budget_s=budget_s, min_reps=min_reps,
                                     max_reps=max_reps, cold=m == 1, bandwidth=bandwidth[t]["best_copy_bytes_per_s"],
-                                    max_copies=max_copies, notes=notes)
+                                    max_copies=max_copies, notes=notes, peak=(peaks or {}).get(t))
     return rows
 
 
 WARM_COLUMNS = [("threads", "thr"), ("M", "M"), ("K", "K"), ("N", "N"), ("variant", "variant"),
                 ("median_us", "median µs"), ("x_fp32", "× fp32"), ("x_baseline", "× baseline"),
-                ("gops", "GOP/s"), ("pct_int8_peak", "% int8 peak")]
+                ("gops", "GOP/s"), ("pct_int8_peak", "% nominal int8 peak"),
+                ("pct_measured_peak", "% measured VNNI peak")]
+MEMORY_COLUMNS = [("K", "K"), ("N", "N"), ("variant", "variant"), ("resident_bytes", "bytes held"),
+                  ("resident_x_nk", "÷ N·K")]
 COLD_COLUMNS = [("threads", "thr"), ("K", "K"), ("N", "N"), ("variant", "variant"), ("median_us", "median µs"),
                 ("x_fp32", "× fp32"), ("weight_bytes", "weight bytes"), ("floor_us", "floor µs"),
                 ("pct_floor", "% of floor")]
@@ -282,6 +305,11 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     pairs = sorted({(r["variant"], r["baseline"]) for r in warm if r["baseline"]})
     out = ["### Linear, warm weights", "", "Baselines for × baseline: " +
            "; ".join(f"{a} vs {b}" for a, b in pairs) + ".", "", common.markdown_table(warm, WARM_COLUMNS)]
+    memory = [r for r in warm if r["threads"] == warm[0]["threads"] and r["M"] == max(x["M"] for x in warm)
+              and r.get("resident_bytes") is not None]
+    if memory:
+        out += ["", "### Weight memory (measured: every tensor storage the layer holds after its calls)", "",
+                common.markdown_table(memory, MEMORY_COLUMNS)]
     if cold:
         out += ["", "### Linear, M = 1, cold weights (streamed from memory)", "",
                 "floor = weight bytes / memory bandwidth (best rate of a 4 x L3 copy, read + write bytes) in this run; "

@@ -12,10 +12,12 @@ qparams from its updated weights).
   for integer, against ``glassquant.gptq.gptq_quantize`` (which only targets the int4 grid).
 - AdaRound: ``glassquant.adaround`` with its default ``AdaRoundConfig`` (1000 Adam steps per layer).
 
-Evaluation arithmetic: where a glassquant layer holds the grid (int4 with group 32/64/128:
-``WeightOnlyLinear``), the model runs that layer; elsewhere (3 bits, convs, the CNN's fc with
-K = 512) the float layer holds the dequantized integers (eq. 1) — a weight-only layer's
-arithmetic up to the matmul's summation order. The "layer" column says which.
+Evaluation arithmetic: every Linear runs as the glassquant layer that stores its grid
+(``adaround.weight_only_linear``: int4 with group 32/64/128 or one group per row as
+``WeightOnlyLinear``, any other 2-8-bit grid such as 3 bits as ``PackedWeightOnlyLinear``, the codes
+packed b bits each); convolutions (the digits CNN's conv1 and conv2) keep the float layer holding
+the dequantized integers (eq. 1) — a weight-only layer's arithmetic up to the summation order.
+The "layer" column says which.
 Metrics: test accuracy (digits), mean / min cosine and top-1 neighbour agreement vs fp32 over
 tests/models/data/sentences.txt (MiniLM, calibrated on calibration.txt); summed output
 reconstruction error (A4) over the layers relative to RTN's, on the calibration inputs and (digits)
@@ -173,8 +175,8 @@ def layer_error(r: RoundedWeight, weight: Tensor, gram: Tensor) -> float:
 
 
 def build(model: nn.Module, rounded: dict[str, RoundedWeight]) -> tuple[nn.Module, str]:
-    """A copy of ``model`` with each layer holding its integers: ``WeightOnlyLinear`` where that layer
-    stores the grid, else the float layer with dequantized weights. Returns ``(model, layer kinds)``."""
+    """A copy of ``model`` with each layer holding its integers: a weight-only layer (packed) for a
+    Linear, the float layer with dequantized weights for a convolution. Returns ``(model, layer kinds)``."""
     q = copy.deepcopy(model)
     kinds = set()
     for n, r in rounded.items():
@@ -183,7 +185,7 @@ def build(model: nn.Module, rounded: dict[str, RoundedWeight]) -> tuple[nn.Modul
             new = weight_only_linear(m, r, n) if isinstance(m, nn.Linear) else None
         except ValueError:
             new = None
-        kinds.add("WeightOnlyLinear" if new is not None else "float (dequantized)")
+        kinds.add(type(new).__name__ if new is not None else "float (dequantized)")
         parent, _, child = n.rpartition(".")
         setattr(q.get_submodule(parent) if parent else q, child, new if new is not None else dequantized_module(m, r))
     return q.eval(), " + ".join(sorted(kinds))

@@ -37,6 +37,7 @@ import minilm
 import torch
 
 import glassquant as gq
+from glassquant.kernels import vnni
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ CROSSOVER_COLUMNS = [("variant", "variant"), ("largest_slower_macs", "largest MÂ
 
 
 def report(machine: common.Machine, plan: Plan, sections: dict[str, Any], notes: list[str],
-           bandwidth: dict[int, dict[str, float]], seconds: float) -> str:
+           bandwidth: dict[int, dict[str, float]], seconds: float, peaks: dict[int, float] | None = None) -> str:
     """The Markdown results file."""
     from glassquant.analysis.slowpath import TINY_MACS
 
@@ -137,7 +138,9 @@ def report(machine: common.Machine, plan: Plan, sections: dict[str, Any], notes:
                    f"{b['best_copy_bytes_per_s'] / 1e9:.1f}), float32 sum {b['read_bytes_per_s'] / 1e9:.1f} GB/s"
                    for t, b in bandwidth.items())
     parts = [f"# glassquant benchmarks{' (quick)' if plan.quick else ''}", "",
-             common.machine_markdown(machine, {"memory bandwidth": bw, "suite wall time": f"{seconds:.0f} s",
+             common.machine_markdown(machine, {"memory bandwidth": bw, "measured VNNI (vpdpbusd) peak": "; ".join(
+                 f"{t} thread(s): {p / 1e12:.2f} Tops/s" for t, p in (peaks or {}).items()) or "not measured",
+                                               "suite wall time": f"{seconds:.0f} s",
                                                "timing": "medians of interleaved single calls, adaptive repetitions "
                                                          "(reps in the JSON)"}), "",
              "## Linear layers", "", linear.markdown(sections["linear"]), "",
@@ -161,15 +164,18 @@ def run(plan: Plan, out_dir: Path = common.RESULTS, log: Callable[[str], None] =
     machine = common.machine_info()
     notes: list[str] = []
     bandwidth: dict[int, dict[str, float]] = {}
+    peaks: dict[int, float] = {}  # VPDPBUSD throughput measured per thread count (the 100 % of "% measured peak")
     try:
         for t in plan.threads:
             torch.set_num_threads(t)
             log(f"memory bandwidth, {t} thread(s)")
             bandwidth[t] = common.memory_bandwidth(4 * max(machine.l3_bytes, 64 << 20), reps=plan.bandwidth_reps)
+            if vnni.available():
+                peaks[t] = vnni.peak_ops_per_second(t, tries=10 if plan.quick else 40)
         log("linear layers")
         lin_rows = linear.run_section(machine, quick=plan.quick, threads=plan.threads, budget_s=plan.linear_budget_s,
                                       min_reps=plan.linear_min_reps, max_reps=plan.linear_max_reps,
-                                      bandwidth=bandwidth, notes=notes, log=log)
+                                      bandwidth=bandwidth, notes=notes, log=log, peaks=peaks)
         log("MiniLM")
         mini_rows, conversion = minilm.run_section(
             machine, quick=plan.quick, threads=plan.threads, budget_s=plan.model_budget_s,
@@ -178,10 +184,11 @@ def run(plan: Plan, out_dir: Path = common.RESULTS, log: Callable[[str], None] =
         digit_rows, digit_conversion = digits_section(plan, notes, log)
     finally:
         torch.set_num_threads(threads_before)
-    sections = {"bandwidth": bandwidth, "linear": lin_rows, "crossovers": crossovers(lin_rows), "minilm": mini_rows,
+    sections = {"bandwidth": bandwidth, "measured_int8_peak_ops": peaks, "linear": lin_rows,
+                "crossovers": crossovers(lin_rows), "minilm": mini_rows,
                 "digits": digit_rows, "conversion": conversion + digit_conversion}
     seconds = time.perf_counter() - start
-    md = report(machine, plan, sections, notes, bandwidth, seconds)
+    md = report(machine, plan, sections, notes, bandwidth, seconds, peaks)
     return common.write_results(machine, sections, md, quick=plan.quick, out_dir=out_dir,
                                 meta={"plan": asdict(plan), "seconds": seconds, "notes": notes})
 

@@ -357,20 +357,32 @@ def adaround_model(model: nn.Module, batches: Iterable[Any] | None, scheme: QSch
 
 
 def weight_only_linear(linear: nn.Linear, rounded: RoundedWeight, name: str = "WeightOnlyLinear") -> nn.Module:
-    """A ``WeightOnlyLinear`` holding ``rounded``'s integers, for the grids that layer stores:
+    """A weight-only layer holding ``rounded``'s integers, scales and zero points unchanged:
 
-    int4 (``QScheme(bits=4, signed=False, symmetric=False, group_size=g)``, g in 32/64/128,
-    packed two per byte; or ``axis=0`` when K is one of those sizes) and int8 per output
-    channel (``QScheme(bits=8, signed=True, symmetric=True, axis=0)``, scale (N, 1)). Other grids
-    raise ``ValueError`` naming them; use :func:`dequantized_module` until a b-bit weight-only
-    layer exists.
+    - ``WeightOnlyLinear`` for the grids it stores: int4 (``QScheme(bits=4, signed=False,
+      symmetric=False, group_size=g)``, g in 32/64/128, two per byte; or ``axis=0`` when K is one
+      of those sizes) and int8 per output channel (``QScheme(bits=8, signed=True, symmetric=True,
+      axis=0)``, scale (N, 1));
+    - ``PackedWeightOnlyLinear`` for any other asymmetric unsigned b-bit grid, 2 <= b <= 8, per
+      tensor, per output channel or per group of 32/64/128 along K (codes and zero points packed
+      b bits each; ``nn.weight_only.packed_scheme``).
+
+    Other grids raise ``ValueError`` naming them (use :func:`dequantized_module`).
     """
-    from .kernels.int4 import pack_int4
-    from .nn.weight_only import INT4_GROUP_SIZES, INT8_PER_ROW, WeightOnlyLinear, int4_scheme
+    from .kernels.int4 import pack_bits, pack_int4
+    from .nn.weight_only import (
+        INT4_GROUP_SIZES,
+        INT8_PER_ROW,
+        PACKED_BITS,
+        PackedWeightOnlyLinear,
+        WeightOnlyLinear,
+        int4_scheme,
+        packed_scheme,
+    )
 
     sch = rounded.scheme
     bias = None if linear.bias is None else linear.bias.detach()
-    k = rounded.w_q.shape[1]
+    n, k = rounded.w_q.shape
     group = k if sch.granularity == "per_channel" and sch.axis == 0 else sch.group_size  # a row = one group of K
     if group in INT4_GROUP_SIZES and sch == replace(int4_scheme(1), axis=sch.axis, group_size=sch.group_size):
         return WeightOnlyLinear(pack_int4(rounded.w_q, f"{name}.weight"), rounded.scale.reshape(-1, k // group),
@@ -379,8 +391,23 @@ def weight_only_linear(linear: nn.Linear, rounded: RoundedWeight, name: str = "W
     if sch == INT8_PER_ROW:
         return WeightOnlyLinear(rounded.w_q, rounded.scale.reshape(-1, 1), None, bias, bits=8, group_size=k,
                                 name=name)
-    raise ValueError(f"{name}: WeightOnlyLinear stores int4 per group (32/64/128, asymmetric unsigned) or int8 "
-                     f"per row (symmetric); {sch} has no weight-only layer here — use dequantized_module")
+    granularity = "per_channel" if sch.granularity == "per_channel" and sch.axis == 0 else sch.granularity
+    packed = None
+    if sch.bits in PACKED_BITS and not sch.signed and not sch.symmetric and granularity in (
+            "per_tensor", "per_channel", "per_group") and (granularity != "per_group" or group in INT4_GROUP_SIZES):
+        packed = packed_scheme(sch.bits, granularity, sch.group_size if granularity == "per_group" else None)
+    if packed is None or sch != packed:
+        raise ValueError(f"{name}: weight-only layers store int4 per group, int8 per row (symmetric) or an "
+                         f"asymmetric unsigned 2-8-bit grid per tensor / channel / group of 32, 64 or 128; {sch} "
+                         "has no weight-only layer here — use dequantized_module")
+    groups = 1 if granularity == "per_tensor" else (n if granularity == "per_channel" else n * (k // int(group)))
+    scale = rounded.scale.reshape(groups).reshape((1, 1) if granularity == "per_tensor" else (n, groups // n))
+    codes = rounded.w_q.to(torch.uint8).reshape(-1)
+    zero_point = rounded.zero_point.reshape(-1).to(torch.uint8)
+    return PackedWeightOnlyLinear(pack_bits(codes, sch.bits, f"{name}.weight"), scale,
+                                  pack_bits(zero_point, sch.bits, f"{name}.zero_point"), bias, bits=sch.bits,
+                                  granularity=granularity, group_size=sch.group_size if granularity == "per_group"
+                                  else None, in_features=k, out_features=n, name=name)
 
 
 def dequantized_module(module: nn.Module, rounded: RoundedWeight) -> nn.Module:

@@ -34,7 +34,7 @@ from glassquant.adaround import (
 )
 from glassquant.affine import quantize
 from glassquant.nn.linear import QuantLinear
-from glassquant.nn.weight_only import WeightOnlyLinear
+from glassquant.nn.weight_only import PackedWeightOnlyLinear, WeightOnlyLinear
 from glassquant.scheme import QScheme
 
 UINT3_ROW = QScheme(bits=3, signed=False, symmetric=False, axis=0)
@@ -199,7 +199,20 @@ def test_layers_formats_and_file_roundtrip(tmp_path: Path) -> None:
     # the same int8 per-channel integers are a static layer's weights
     ql = QuantLinear(r8["0"].w_q, r8["0"].scale, r8["0"].zero_point, model[0].bias, 0.05, 128, 0.1, 0)
     assert ql.w_q.dtype == torch.int8 and torch.equal(ql.w_zero_point, torch.zeros(32, dtype=torch.int32))
-    r3 = adaround_model(model, [x], UINT3_ROW, AdaRoundConfig(iterations=0), include=["2"])
+    # any other unsigned b-bit grid: the packed layer, the same integers and scales, saved and reloaded
+    for scheme in (UINT3_ROW, QScheme(bits=3, signed=False, symmetric=False, group_size=32),
+                   QScheme(bits=5, signed=False, symmetric=False)):
+        r3 = adaround_model(model, [x], scheme, AdaRoundConfig(iterations=20), include=["0"])
+        p3 = weight_only_linear(model[0], r3["0"], "0")
+        assert isinstance(p3, PackedWeightOnlyLinear) and p3.bits == scheme.bits
+        assert torch.equal(p3.codes(), r3["0"].w_q.to(torch.uint8))
+        assert torch.equal(p3.dequantize_weight(), r3["0"].dequantize())
+        assert p3.w_q.numel() == math.ceil(32 * 64 * scheme.bits / 8)  # packed, not a byte per code
+        gq.save(nn.Sequential(p3), tmp_path / "p3.safetensors")
+        with torch.no_grad():
+            assert torch.equal(gq.load(tmp_path / "p3.safetensors")(x), nn.Sequential(p3)(x))
+    signed3 = QScheme(bits=3, signed=True, symmetric=True, axis=0)
+    r3 = adaround_model(model, [x], signed3, AdaRoundConfig(iterations=0), include=["2"])
     with pytest.raises(ValueError, match="no weight-only layer"):
         weight_only_linear(model[2], r3["2"], "2")
 

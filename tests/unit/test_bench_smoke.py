@@ -63,5 +63,41 @@ def test_interleaved_timing_and_table_cells() -> None:
                                 budget_s=0.0, min_reps=3, max_reps=3, warmup=1)
     assert order == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-ups, then rounds reversed every other time
     assert len(t["a"].samples) == 3 and t["a"].median >= 0
+    order.clear()
+    common.time_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+                            budget_s=0.0, min_reps=2, max_reps=2, warmup=1, warm_cache=True)
+    assert order == ["a", "b", "a", "a", "b", "b", "b", "b", "a", "a"]  # each timed call right after its own
     assert common.fmt(0.012345) == "0.0123" and common.fmt(1234.5) == "1,234" and common.fmt(None) == "–"
     assert common.int8_peak(2, 2300.0, ["avx512_vnni"])[0] == 2 * 128 * 2 * 2300e6
+
+
+def test_resident_bytes_counts_each_storage_once() -> None:
+    from dataclasses import dataclass
+
+    lin = torch.nn.Linear(16, 8)
+    assert common.resident_bytes(lin) == 4 * (16 * 8 + 8)
+
+    @dataclass
+    class Plan:
+        tensors: tuple[torch.Tensor, ...]
+
+    extra = torch.zeros(100, dtype=torch.int8)
+    lin.plan = Plan((extra, extra[10:], lin.weight.data))  # a view and a shared weight add nothing new
+    assert common.resident_bytes(lin) == 4 * (16 * 8 + 8) + 100
+    lin.cache = {"w_t": lin.weight.detach().t().contiguous()}  # a real copy counts
+    assert common.resident_bytes(lin) == 4 * (2 * 16 * 8 + 8) + 100
+
+
+def test_linear_rows_report_measured_weight_memory(keep_threads: None) -> None:
+    machine = common.machine_info()
+    notes: list[str] = []
+    rows = linear.run_section(machine, quick=True, threads=(1,), budget_s=0.0, min_reps=1, max_reps=1,
+                              bandwidth={1: {"best_copy_bytes_per_s": 1e10}}, notes=notes, shapes=((256, 512),),
+                              ms=(8,), log=lambda s: None)
+    held = {r["variant"]: r["resident_x_nk"] for r in rows}
+    assert held["fp32 nn.Linear"] == pytest.approx(4 + 4 / 256)
+    assert held["bf16 nn.Linear"] == pytest.approx(2 + 2 / 256)
+    assert held["torch.ao dynamic (x86)"] is None  # opaque C++ packed params: not guessed
+    assert 1.0 < held["gq dynamic per-token (torchao)"] < 1.2
+    assert 0.5 < held["gq weight-only int4 g128"] < 0.6
+    assert "Weight memory" in linear.markdown(rows)
