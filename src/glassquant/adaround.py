@@ -400,7 +400,7 @@ def weight_only_linear(linear: nn.Linear, rounded: RoundedWeight, name: str = "W
         raise ValueError(f"{name}: weight-only layers store int4 per group, int8 per row (symmetric) or an "
                          f"asymmetric unsigned 2-8-bit grid per tensor / channel / group of 32, 64 or 128; {sch} "
                          "has no weight-only layer here — use dequantized_module")
-    groups = 1 if granularity == "per_tensor" else (n if granularity == "per_channel" else n * (k // int(group)))
+    groups = 1 if granularity == "per_tensor" else (n if granularity == "per_channel" else n * (k // int(group or k)))
     scale = rounded.scale.reshape(groups).reshape((1, 1) if granularity == "per_tensor" else (n, groups // n))
     codes = rounded.w_q.to(torch.uint8).reshape(-1)
     zero_point = rounded.zero_point.reshape(-1).to(torch.uint8)
