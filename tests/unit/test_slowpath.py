@@ -19,6 +19,7 @@ from glassquant.analysis import slowpath
 from glassquant.analysis.slowpath import (
     COMPILED_ENTRY_POINTS,
     TINY_MACS,
+    WEIGHT_ONLY_FAST_M,
     compiled_kernels,
     explain_slow_paths,
     slowpath_markdown,
@@ -129,15 +130,24 @@ def test_float_layers_are_listed_with_the_reason() -> None:
     assert [e.code for e in explain_slow_paths(plain, flags=VNNI)] == ["float-layer"]
 
 
-def test_weight_only_on_cpu() -> None:
+def test_weight_only_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from glassquant.kernels import weight_only as wo_kernels
+    from glassquant.nn.weight_only import PackedWeightOnlyLinear
+
     model = _linear(128, 64, "w8-weight-only")
-    small = next(e for e in explain_slow_paths(model, rows=1, flags=VNNI) if e.code == "weight-only-dequantize")
-    large = next(e for e in explain_slow_paths(model, rows=64, flags=VNNI) if e.code == "weight-only-dequantize")
-    assert "memory traffic" in small.reason and "fp32 matmul dominates" in large.reason
+    small = _codes(explain_slow_paths(model, rows=WEIGHT_ONLY_FAST_M, flags=VNNI))
+    assert ("weight-only-dequantize" in small) == (not wo_kernels.available())  # the streaming kernel
+    large = next(e for e in explain_slow_paths(model, rows=WEIGHT_ONLY_FAST_M + 1, flags=VNNI)
+                 if e.code == "weight-only-dequantize")
     assert "w8a8-dynamic" in large.suggestion
-    int4 = _linear(128, 64, "w4g128-weight-only")
-    e = next(e for e in explain_slow_paths(int4, flags=VNNI) if e.code == "weight-only-dequantize")
-    assert "unpacks" in e.reason
+    monkeypatch.setattr(wo_kernels, "available", lambda: False)  # as if built without a C compiler
+    e = next(e for e in explain_slow_paths(model, rows=1, flags=VNNI) if e.code == "weight-only-dequantize")
+    assert "not built" in e.reason and "C compiler" in e.suggestion
+    monkeypatch.undo()
+    packed = nn.Sequential(PackedWeightOnlyLinear.from_float(nn.Linear(128, 64), bits=3, granularity="per_channel"))
+    assert "weight-only-unpack" in _codes(explain_slow_paths(packed, rows=1, flags=VNNI))
+    four = nn.Sequential(PackedWeightOnlyLinear.from_float(nn.Linear(128, 64), bits=4, granularity="per_channel"))
+    assert "weight-only-unpack" not in _codes(explain_slow_paths(four, rows=1, flags=VNNI))
     assert "weight-only-dequantize" not in _codes(explain_slow_paths(_linear(128, 64), rows=64, flags=VNNI))
 
 
@@ -250,7 +260,7 @@ def test_bench_explain_command_on_saved_and_factory_models(tmp_path) -> None:
 
     assert "k-alignment" in text and ("no-fused-dynamic" in text) == (not vnni.available()) and "| 0 |" in text
     console = _console()
-    args = argparse.Namespace(explain="glassquant.demo.digits:make_mlp", rows=4, preset="w8-weight-only",
+    args = argparse.Namespace(explain="glassquant.demo.digits:make_mlp", rows=32, preset="w8-weight-only",
                               calibration=None, batch_size=32)
     assert slowpath.bench_explain_command(args, console) == 0
     text = console.export_text()

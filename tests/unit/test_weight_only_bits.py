@@ -19,6 +19,7 @@ from safetensors import safe_open
 from torch import nn
 
 import glassquant as gq
+from glassquant.kernels import weight_only as wo_kernels
 from glassquant.kernels.int4 import pack_bits, pack_int4, packed_bytes, unpack_bits
 from glassquant.nn.base import LAYER_KINDS
 from glassquant.nn.weight_only import MSE_CLIP_RATIOS, PackedWeightOnlyLinear
@@ -164,11 +165,20 @@ def test_property_outputs_equal_dequantize_then_matmul(bits: int, gran: tuple[st
     dq = ((np_groups(q, granularity, group_size) - zp[:, None]).astype(F32) * scale[:, None]).reshape(n, k)
     assert q.min() >= 0 and q.max() <= 2**bits - 1
     assert np.array_equal(layer.codes().numpy().astype(np.int64), q)
-    x = torch.randn(3, 5, k, generator=torch.Generator().manual_seed(seed))
-    expected = x.reshape(-1, k) @ torch.from_numpy(dq).T  # (15, K) @ (K, N)
+    x = torch.randn(3, 7, k, generator=torch.Generator().manual_seed(seed))
+    expected = x.reshape(-1, k) @ torch.from_numpy(dq).T  # (21, K) @ (K, N)
     if bias:
         expected = expected + lin.bias.detach()
-    assert torch.equal(layer(x), expected.reshape(3, 5, n))
+    # more rows than the streaming kernel takes: the dequantized weight (compiled or not) and the same matmul
+    assert 21 > wo_kernels.GEMV_MAX_ROWS
+    assert torch.equal(layer(x), expected.reshape(3, 7, n))
+    # few rows (the streaming kernel where built): the same float32 weight, another summation order --
+    # within the float32 error bound of the exact product, (K + 2) u sum |x||w| + |b| u (u = 2**-24)
+    few = x[0, :5]
+    exact = few.double() @ torch.from_numpy(dq).double().T + (lin.bias.detach().double() if bias else 0.0)
+    bound = (k + 2) * 2.0**-24 * (few.double().abs() @ torch.from_numpy(dq).double().abs().T
+                                  + (lin.bias.detach().double().abs() if bias else 0.0))
+    assert bool(((layer(few).double() - exact).abs() <= bound).all())
     g_count = scale.size
     assert layer.weight_bytes() == math.ceil(n * k * bits / 8) + 4 * g_count + math.ceil(g_count * bits / 8)
 

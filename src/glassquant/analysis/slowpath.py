@@ -25,10 +25,16 @@ Rules (``SlowPath.code``):
   ``vpmaddubsw`` (half the rate), whose int16 pair sums saturate (``analysis.overflow``).
 - ``float-layer``: a Linear/Conv left in float (``model.glassquant_conversion.skipped``, or not
   converted at all).
-- ``weight-only-dequantize``: ``WeightOnlyLinear`` on the CPU dequantizes its whole weight to
-  float32 on every call and then multiplies in float32: measured 0.25-0.78× fp32 for int8 and
-  0.02× for int4 g128 at M = 1; with large M the matmul is an fp32 GEMM where w8a8-dynamic's
-  int8 GEMM measured 2.7-3.6× fp32.
+- ``weight-only-dequantize``: a weight-only layer (``WeightOnlyLinear``, ``PackedWeightOnlyLinear``)
+  on the CPU with more than :data:`WEIGHT_ONLY_FAST_M` rows: up to 16 rows the compiled kernel
+  (``kernels/_wo.c``) streams the packed weight; beyond, the weight is expanded to float32 (one
+  compiled pass into a reused buffer) and multiplied in float32 — measured (1 thread, 4096 x 4096)
+  0.78x fp32 at M = 16, 0.88x (int4) and 0.82x (int8) at M = 512, against 1.98x (int4) and
+  1.62x (int8) at M = 1. Without the compiled kernel (no C compiler at install) every call
+  dequantizes in torch: 0.02x fp32 for int4 at M = 1.
+- ``weight-only-unpack``: a ``PackedWeightOnlyLinear`` with 2, 3, 5, 6 or 7 bits: its codes are
+  decoded by shifts, not the nibble or byte loads of 4 and 8 bits (measured 0.35x fp32 for 3 bits
+  at M = 1, 4096 x 4096, against 1.98x for int4).
 - ``reference-path``: layers whose integers come from the exact reference, not a fast kernel:
   ``IntLinear`` (integer-only dialect), and fbgemm depthwise convolutions, emulated element by
   element in int64 when an input integer exceeds 127 (to reproduce fbgemm's int16 saturation).
@@ -67,8 +73,8 @@ TINY_MACS: dict[str, int] = {
 COMPILED_ENTRY_POINTS = (("glassquant.kernels.fused", "quantize_rows"), ("glassquant.kernels.vnni", "_call"))
 #: Row bytes the VNNI kernel (``kernels/_vnni.h``) loads at once: activations are padded to K64.
 VNNI_ROW_BLOCK = 64
-#: Rows at or above which a weight-only layer is compute-bound (its matmul is fp32).
-WEIGHT_ONLY_LARGE_M = 16
+#: Rows up to which a weight-only layer measured faster than fp32 (the streaming kernel, 4096 x 4096).
+WEIGHT_ONLY_FAST_M = 8
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 _MAX_K = 2**17 - 1  # kernels.cpu._MAX_K
 _INT8_KINDS = ("QuantLinear", "DynamicQuantLinear", "QuantConv1d", "QuantConv2d", "IntLinear")
@@ -108,7 +114,7 @@ def cpu_flags() -> frozenset[str]:
 def _gemm(layer: Any) -> tuple[int, int, int] | None:
     """``(K, N, groups)`` of the layer's int8 or weight matmul (conv: per group), else None."""
     kind = getattr(layer, "kind", "")
-    if kind in ("QuantLinear", "DynamicQuantLinear", "IntLinear", "WeightOnlyLinear"):
+    if kind in ("QuantLinear", "DynamicQuantLinear", "IntLinear", "WeightOnlyLinear", "PackedWeightOnlyLinear"):
         return int(layer.in_features), int(layer.out_features), 1
     if kind in ("QuantConv1d", "QuantConv2d"):
         g = int(layer.groups)
@@ -236,18 +242,22 @@ def _layer_rules(name: str, layer: Any, rows: int, m_note: str, dtype: torch.dty
                            "(`glassquant certify`)")
         add("no-vnni", reason, "run on a CPU with AVX512-VNNI, AVX-VNNI or AMX; on this one prefer reduce_range "
             "presets (x86, fbgemm) and check the layers with `glassquant certify`")
-    if kind == "WeightOnlyLinear":
-        per_call = f"dequantizes all {k * n:,} weights to float32 on every call"
-        if layer.bits == 4:
-            per_call = f"unpacks and {per_call} (int4 g{layer.group_size}: measured 0.02× fp32 at M = 1)"
-        if rows >= WEIGHT_ONLY_LARGE_M:
-            add("weight-only-dequantize", f"on the CPU this layer {per_call}, then multiplies in float32: with "
-                f"M = {rows}{m_note} the fp32 matmul dominates and the int8 weights save nothing",
-                "use w8a8-dynamic (per-token int8 activations, an int8 GEMM: measured 2.7-3.6× fp32 at M >= 64)")
-        else:
-            add("weight-only-dequantize", f"on the CPU this layer {per_call}{m_note}: more memory traffic than "
-                "reading the fp32 weight (measured 0.25-0.5× fp32 for int8 at M <= 16)",
-                "keep weight-only for memory size, not CPU speed; for speed use w8a8-dynamic")
+    if kind in ("WeightOnlyLinear", "PackedWeightOnlyLinear"):
+        from ..kernels import weight_only as wo_kernels
+
+        if not wo_kernels.available():
+            add("weight-only-dequantize", f"the compiled weight-only kernel is not built: this layer dequantizes all "
+                f"{k * n:,} weights in torch on every call (measured 0.02× fp32 for int4 at M = 1)",
+                "reinstall glassquant with a C compiler present (pip install builds kernels/_wo.c)")
+        elif rows > WEIGHT_ONLY_FAST_M:
+            add("weight-only-dequantize", f"with M = {rows}{m_note} the weight is expanded to float32 and multiplied "
+                "in float32 (compute-bound): measured 0.78-0.88× fp32 for M >= 16, where the int8 weights save "
+                "memory but no time", "use w8a8-dynamic (per-token int8 activations, an int8 GEMM: measured "
+                "2.7-3.6× fp32 at M >= 64); keep weight-only for decode-sized M <= 8 and for memory")
+        if kind == "PackedWeightOnlyLinear" and layer.bits not in (4, 8):
+            add("weight-only-unpack", f"{layer.bits}-bit codes are decoded by shifts, not the nibble or byte loads of "
+                "4 and 8 bits: measured 0.35× fp32 for 3 bits at M = 1 (4096 × 4096), against 1.98× for int4",
+                "where the allocation allows, prefer 4- or 8-bit layers (glassquant allocate --bits 4,8)")
     if kind == "IntLinear":
         add("reference-path", "IntLinear computes its accumulators with the exact reference (float64/int64 "
             "matmul): the integer-only dialect has no fast CPU kernel",

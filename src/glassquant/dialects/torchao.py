@@ -222,21 +222,26 @@ def linear_dynamic(x: Tensor, w_q: Tensor, w_scale: Tensor | float, w_zero_point
 
 
 def linear_weight_only(x: Tensor, w_q: Tensor, w_scale: Tensor | float, bias: Tensor | None,
-                       name: str = "weight-only linear") -> Tensor:
+                       name: str = "weight-only linear", w_float: Tensor | None = None) -> Tensor:
     """Int8 weight-only Linear: ``y = (x @ f32(w_q).T) * sw[n]``, then ``y += b`` (torchao's order).
 
     Numerics: x float32 (..., K); w_q int8 (N, K) converted exactly to float32; the matmul
     is float32 ``torch.mm`` on the same layout torchao uses (``w_q.t()`` then ``.to``), so
     its summation order is the BLAS library's — identical to torchao on the same machine,
     not a documented order; then one float32 multiply by the row scale, one add of the bias.
-    Returns float32 (..., N).
+    Returns float32 (..., N). ``w_float``: ``w_q.t().to(torch.float32)`` already computed by the
+    caller (the same values and strides, (K, N) with strides (1, K); e.g. in a reused buffer).
     """
     check_integer(w_q, f"{name}: w_q", (torch.int8,))
     check_finite(x, f"{name}: input")
     if x.shape[-1] != w_q.shape[1]:
         raise ValueError(f"{name}: input has {x.shape[-1]} features, weight expects {w_q.shape[1]}")
     x2 = f32(x).reshape(-1, w_q.shape[1])  # (M, K)
-    m = torch.mm(x2, w_q.t().to(torch.float32))  # (M, K) @ (K, N) -> (M, N) float32
+    if w_float is None:
+        w_float = w_q.t().to(torch.float32)  # (K, N), strides (1, K)
+    elif w_float.shape != w_q.t().shape or w_float.stride() != w_q.t().stride() or w_float.dtype != torch.float32:
+        raise ValueError(f"{name}: w_float must be float32 {tuple(w_q.t().shape)} with strides {w_q.t().stride()}")
+    m = torch.mm(x2, w_float)  # (M, K) @ (K, N) -> (M, N) float32
     y = m * f32(as_column(w_scale, w_q.shape[0], torch.float32))  # (M, N) * (N,)
     if bias is not None:
         y = y + f32(bias)

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from ..affine import dequantize, quantize
 from ..dialects import torchao
 from ..errors import check_finite, check_integer
+from ..kernels import weight_only as wo_kernels
 from ..kernels.int4 import pack_bits, pack_int4, packed_bytes, unpack_bits, unpack_int4
 from ..qparams import choose_qparams, observe_range
 from ..scheme import QScheme
@@ -147,10 +148,26 @@ class WeightOnlyLinear(QuantModule):
         self.register_buffer("w_scale", w_scale.contiguous())
         self.register_buffer("w_zero_point", None if w_zero_point is None else w_zero_point.detach().contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).clone())
+        self._grid = wo_kernels.GridCache()
 
     @property
     def in_features(self) -> int:
         return self._in_features
+
+    def _kernel_grid(self) -> wo_kernels.Grid | None:
+        """The packed weight as the compiled kernels read it: views of the buffers, no copy."""
+        def build() -> wo_kernels.Grid | None:
+            n, k = self.out_features, self.in_features
+            ok = all(t.device.type == "cpu" and t.is_contiguous() for t in (self.w_q, self.w_scale))
+            if not ok or (self.bias is not None and self.bias.device.type != "cpu"):
+                return None
+            if self.bits == 8:
+                return wo_kernels.Grid(self.w_q.reshape(-1), 8, n, k, self.w_scale.reshape(-1), None, k, 1,
+                                       signed_int8=True)
+            assert self.w_zero_point is not None
+            return wo_kernels.Grid(self.w_q.reshape(-1), 4, n, k, self.w_scale.reshape(-1),
+                                   self.w_zero_point.reshape(-1), self.group_size, k // self.group_size)
+        return self._grid.get((self.w_q, self.w_scale, self.w_zero_point, self.bias), build)
 
     @property
     def out_features(self) -> int:
@@ -179,9 +196,18 @@ class WeightOnlyLinear(QuantModule):
         if not x.is_floating_point():
             raise TypeError(f"{self.name}: input must be a float tensor, got {x.dtype}")
         check_finite(x, f"{self.name}: input")
-        if self.bits == 8:
-            return torchao.linear_weight_only(x, self.w_q, self.w_scale.reshape(-1), self.bias, self.name)
-        w = self.dequantize_weight()  # (N, K) float32
+        grid = self._kernel_grid() if wo_kernels.usable(x) else None
+        rows = x.numel() // max(1, self.in_features)
+        if grid is not None and rows <= wo_kernels.GEMV_MAX_ROWS:  # stream the packed weight (kernels/_wo.c)
+            y = wo_kernels.linear(x.reshape(-1, self.in_features), grid, self.bias)
+            return y.reshape(*x.shape[:-1], self.out_features)
+        n, k = self.out_features, self.in_features
+        if self.bits == 8:  # torchao's float32 conversion, into the reused buffer when the kernels are built
+            w_float = None if grid is None else wo_kernels.scratch(n, k).copy_(self.w_q).t()
+            return torchao.linear_weight_only(x, self.w_q, self.w_scale.reshape(-1), self.bias, self.name,
+                                              w_float=w_float)
+        # (N, K) float32; the compiled expansion is bit-identical to dequantize_weight()
+        w = self.dequantize_weight() if grid is None else wo_kernels.dequantize(grid, wo_kernels.scratch(n, k))
         x2 = x.to(torch.float32).reshape(-1, self.in_features)  # (M, K)
         y = x2 @ w.T  # (M, K) @ (K, N) -> (M, N) float32
         if self.bias is not None:
@@ -405,6 +431,18 @@ class PackedWeightOnlyLinear(QuantModule):
         self.register_buffer("w_scale", w_scale.contiguous())
         self.register_buffer("w_zero_point", w_zero_point.detach().contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).clone())
+        self._grid = wo_kernels.GridCache()
+
+    def _kernel_grid(self) -> wo_kernels.Grid | None:
+        """The packed codes as the compiled kernels read them; the zero points unpacked once (G bytes)."""
+        def build() -> wo_kernels.Grid | None:
+            if any(t.device.type != "cpu" for t in (self.w_q, self.w_scale, self.w_zero_point)):
+                return None
+            n, k = self.out_features, self.in_features
+            row_groups = {"per_tensor": 0, "per_channel": 1}.get(self.granularity, k // (self.group_size or k))
+            return wo_kernels.Grid(self.w_q, self.bits, n, k, self.w_scale.reshape(-1).contiguous(),
+                                   self.zero_points().reshape(-1).contiguous(), self.group_size or k, row_groups)
+        return self._grid.get((self.w_q, self.w_scale, self.w_zero_point, self.bias), build)
 
     def codes(self) -> Tensor:
         """The unpacked weight codes, uint8 (N, K) in [0, 2**bits - 1]."""
@@ -435,7 +473,14 @@ class PackedWeightOnlyLinear(QuantModule):
         if not x.is_floating_point():
             raise TypeError(f"{self.name}: input must be a float tensor, got {x.dtype}")
         check_finite(x, f"{self.name}: input")
-        w = self.dequantize_weight()  # (N, K) float32
+        grid = self._kernel_grid() if wo_kernels.usable(x) else None
+        rows = x.numel() // max(1, self.in_features)
+        if grid is not None and rows <= wo_kernels.GEMV_MAX_ROWS:  # stream the packed weight (kernels/_wo.c)
+            y = wo_kernels.linear(x.reshape(-1, self.in_features), grid, self.bias)
+            return y.reshape(*x.shape[:-1], self.out_features)
+        # (N, K) float32; the compiled expansion is bit-identical to dequantize_weight()
+        w = self.dequantize_weight() if grid is None else wo_kernels.dequantize(
+            grid, wo_kernels.scratch(self.out_features, self.in_features))
         x2 = x.to(torch.float32).reshape(-1, self.in_features)  # (M, K)
         y = x2 @ w.T  # (M, K) @ (K, N) -> (M, N) float32
         if self.bias is not None:
