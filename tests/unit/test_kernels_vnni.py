@@ -417,3 +417,38 @@ def test_one_openmp_runtime() -> None:
     gomp = [p for p in paths if "libgomp" in p]
     assert any("_vnni" in p for p in paths)
     assert len(gomp) == 1 and Path(gomp[0]).parent == Path(torch.__file__).parent / "lib", gomp
+
+
+@needs_vnni
+@pytest.mark.parametrize(("scale", "zero_point"), [(0.05, 0), (0.0292226, 17), (1.0, 10), (2.0**-7, 255), (3.3, 128)])
+def test_quantize_u8_equals_pytorch_quantize(scale: float, zero_point: int) -> None:
+    """The compiled per-tensor quantize (static layers' inputs) against the dialect's torch steps: random
+    values at many magnitudes, values placed on ties of ``x/scale + zp`` (where FMA vs two roundings, and
+    zero point before vs after rounding, differ), saturation at both ends, a buffer large enough to run
+    in parallel, a non-contiguous view; NaN / Inf give None (the caller's torch path names the error)."""
+    g = torch.Generator().manual_seed(zero_point)
+    s32 = float(f32(scale))
+    ties = (torch.arange(-300, 300, dtype=torch.float64) + 0.5 - zero_point) * s32  # x/scale + zp on .5
+    parts = [torch.randn(70_001, generator=g) * s32 * 200, torch.randn(999, generator=g) * 1e-6,
+             ties.to(torch.float32), torch.tensor([1e30, -1e30, 0.0, -0.0, 1.0])]
+    x = torch.cat(parts)
+    for t in (x, x[: x.numel() // 7 * 7].reshape(-1, 7)[:, ::2], x[:100].reshape(4, 25)):
+        got = vnni.quantize_u8(t, scale, zero_point)
+        assert got is not None and got.shape == t.shape
+        assert torch.equal(got, pytorch.quantize(t, scale, zero_point, torch.uint8))
+    # the same inputs under a wrong rule (ties half away from zero) differ: the ties are real ties
+    wrong = round_half_away(x.double() / s32 + zero_point).clamp(0, 255).to(torch.uint8)
+    assert not torch.equal(wrong, pytorch.quantize(x, scale, zero_point, torch.uint8))
+    for bad in (float("nan"), float("inf")):
+        y = x.clone()
+        y[12_345] = bad
+        assert vnni.quantize_u8(y, scale, zero_point) is None
+
+
+@needs_vnni
+def test_static_layers_name_non_finite_inputs() -> None:
+    lin = QuantLinear.from_float(nn.Linear(16, 8), 0.05, 0, 0.1, 0)
+    x = torch.randn(2, 16)
+    x[1, 3] = float("nan")
+    with pytest.raises(ValueError, match="input"):
+        lin.quantize_input(x)

@@ -281,6 +281,27 @@ GQ_TARGET static int32_t peak_loop(int64_t iters) {
 }
 #endif
 
+/* glassquant.dialects.pytorch.quantize per tensor to uint8 over a whole float32 buffer (n values):
+ * q = clamp(rne(fma(x, f32(1 / scale), zero_point)), 0, 255), gq_quantize_tensor_row on chunks of
+ * 4096, in parallel for large buffers. Returns 1 when x holds NaN or +-Inf (u is then unspecified),
+ * -1 without the VNNI kernels (the caller keeps its torch path). */
+int gq_vnni_quantize_u8(const float *x, int64_t n, uint8_t *u, float scale, int32_t zero_point) {
+#if GQ_HAVE_VNNI
+    const float inv = 1.0f / scale; /* f32(1 / scale), as pytorch.quantize */
+    const int64_t chunk = 4096, chunks = (n + chunk - 1) / chunk;
+    int bad = 0;
+#pragma omp parallel for schedule(static) reduction(| : bad) if (n >= GQ_PARALLEL_MIN_ACT)
+    for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t s = c * chunk, len = n - s < chunk ? n - s : chunk;
+        bad |= gq_quantize_tensor_row(x + s, len, u + s, len, inv, (float)zero_point);
+    }
+    return bad;
+#else
+    (void)x, (void)n, (void)u, (void)scale, (void)zero_point;
+    return -1;
+#endif
+}
+
 /* For benchmarks: run 12 * iters VPDPBUSD (each 64 multiply-adds = 128 int8 ops) on each of
  * `threads` threads; the caller times it. Returns the ops executed (0 without VNNI kernels). */
 double gq_vnni_peak_ops(int64_t iters, int32_t threads) {

@@ -76,6 +76,7 @@ int gq_vnni_linear(gq_linear *a);
 int gq_vnni_run(const gq_linear *plan, const void *x, int64_t m, int64_t ldx, void *y, uint8_t *work,
                 int64_t work_bytes, int32_t act, int32_t out, int32_t threads, int32_t kernel);
 double gq_vnni_peak_ops(int64_t iters, int32_t threads);
+int gq_vnni_quantize_u8(const float *x, int64_t n, uint8_t *u, float scale, int32_t zero_point);
 void gq_vnni_choose_qparams_u8(float x_min, float x_max, int32_t qmin, int32_t qmax, int32_t reduce_range,
                                float *scale, int32_t *zero_point);
 

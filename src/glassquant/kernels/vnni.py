@@ -33,8 +33,8 @@ from ..dialects._base import as_column
 from ..floatops import f32
 from ._libs import load_extension
 
-__all__ = ["Plan", "PlanCache", "accepts", "available", "plan_dynamic", "plan_static", "plan_token", "run_float",
-           "run_uint8"]
+__all__ = ["Plan", "PlanCache", "accepts", "available", "plan_dynamic", "plan_static", "plan_token", "quantize_u8",
+           "run_float", "run_uint8"]
 
 _c_i64, _c_i32, _c_f32, _c_ptr = ctypes.c_int64, ctypes.c_int32, ctypes.c_float, ctypes.c_void_p
 ACT_TOKEN_S8, ACT_TENSOR_U8, ACT_DYNAMIC_U8, ACT_GIVEN_U8 = 0, 1, 2, 3
@@ -72,6 +72,8 @@ def _load() -> ctypes.CDLL | None:
                                 _c_i32, _c_i32, _c_i32, _c_i32]
     lib.gq_vnni_peak_ops.restype = ctypes.c_double
     lib.gq_vnni_peak_ops.argtypes = [_c_i64, _c_i32]
+    lib.gq_vnni_quantize_u8.restype = ctypes.c_int
+    lib.gq_vnni_quantize_u8.argtypes = [_c_ptr, _c_i64, _c_ptr, _c_f32, _c_i32]
     lib.gq_vnni_choose_qparams_u8.restype = None
     lib.gq_vnni_choose_qparams_u8.argtypes = [_c_f32, _c_f32, _c_i32, _c_i32, _c_i32,
                                               ctypes.POINTER(_c_f32), ctypes.POINTER(_c_i32)]
@@ -278,6 +280,19 @@ def run_uint8(plan: Plan, x_q: Tensor) -> Tensor:
     rc = _call(plan, x2, y, ACT_GIVEN_U8, OUT_STATIC_U8)
     assert rc == 0, rc  # uint8 inputs cannot be non-finite
     return y if x_q.dim() == 2 else y.reshape(*x_q.shape[:-1], plan.out_features)
+
+
+def quantize_u8(x: Tensor, scale: float, zero_point: int) -> Tensor | None:
+    """``dialects.pytorch.quantize(x, scale, zero_point, torch.uint8)`` for a float32 CPU tensor of any
+    shape, bit for bit, in one compiled pass (``gq_vnni_quantize_u8``). Returns None without the
+    kernels, or when ``x`` holds NaN or Inf (the caller's torch path then raises its named error)."""
+    if not _SUPPORTED or x.dtype != torch.float32 or x.device.type != "cpu":
+        return None
+    assert _LIB is not None
+    xc = x.contiguous()
+    q = torch.empty(x.shape, dtype=torch.uint8)
+    rc = _LIB.gq_vnni_quantize_u8(xc.data_ptr(), xc.numel(), q.data_ptr(), float(scale), int(zero_point))
+    return q if rc == 0 else None
 
 
 def choose_qparams_u8(x_min: float, x_max: float, reduce_range: bool) -> tuple[float, int]:

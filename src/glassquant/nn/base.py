@@ -65,3 +65,24 @@ class QuantModule(nn.Module):
 def meta_float(v: Any) -> float:
     """A Python float from a tensor or number (for JSON metadata)."""
     return float(v.item() if isinstance(v, torch.Tensor) else v)
+
+
+def quantize_static_input(layer: Any, x: Tensor) -> Tensor:
+    """A static layer's float input to uint8 with its ``x_scale`` / ``x_zero_point`` and its engine's rule.
+
+    Where the rule is ``dialects.pytorch.quantize`` (x86, fbgemm, qnnpack, onednn) and the VNNI
+    kernels are built, one compiled pass gives the same integers (``kernels.vnni.quantize_u8``,
+    tested bit for bit); otherwise, or for NaN / Inf inputs, the dialect's torch steps run and
+    name the layer in their error.
+    """
+    from ..dialects import pytorch
+    from ..errors import check_finite
+    from ..kernels import vnni
+
+    dialect = layer.dialect
+    if dialect.quantize is pytorch.quantize:
+        q = vnni.quantize_u8(x, layer.x_scale, layer.x_zero_point)
+        if q is not None:
+            return q
+    check_finite(x, f"{layer.name}: input")
+    return dialect.quantize(x, layer.x_scale, layer.x_zero_point, torch.uint8)  # type: ignore[no-any-return]

@@ -62,7 +62,7 @@ from ..errors import AccumulatorOverflowError, check_finite, check_integer
 from ..floatops import f32
 from ..kernels.cpu import PackedWeight, accumulate_int_mm
 from ..scheme import QScheme
-from .base import QuantModule, register
+from .base import QuantModule, quantize_static_input, register
 from .linear import WEIGHT_PER_CHANNEL, quantize_weight
 
 _UINT8 = QScheme(bits=8, signed=False)
@@ -350,8 +350,7 @@ class _QuantConvNd(QuantModule):
 
     def quantize_input(self, x: Tensor) -> Tensor:
         """Float input to uint8 with this layer's input qparams and the engine's rule."""
-        check_finite(x, f"{self.name}: input")
-        return self.dialect.quantize(x, self.x_scale, self.x_zero_point, torch.uint8)
+        return quantize_static_input(self, x)
 
     def forward(self, x: Tensor) -> Tensor:
         y_q = self.forward_int(self.quantize_input(x))

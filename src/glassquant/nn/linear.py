@@ -23,7 +23,7 @@ from ..kernels import fused, vnni
 from ..kernels.cpu import PackedWeight, accumulate_int_mm
 from ..qparams import choose_qparams, observe_range
 from ..scheme import QScheme
-from .base import QuantModule, register
+from .base import QuantModule, quantize_static_input, register
 
 #: engines whose layers may take the compiled AVX512-VNNI path (kernels/vnni.py); the plan
 #: builders re-check the dialect, the device and the int32 bound
@@ -150,8 +150,7 @@ class QuantLinear(QuantModule):
 
     def quantize_input(self, x: Tensor) -> Tensor:
         """Float input to uint8 with this layer's input qparams and the engine's rule."""
-        check_finite(x, f"{self.name}: input")
-        return self.dialect.quantize(x, self.x_scale, self.x_zero_point, torch.uint8)
+        return quantize_static_input(self, x)
 
     def forward(self, x: Tensor, fast: bool = True) -> Tensor:
         """Float (..., K) -> float32 (..., N): quantize, ``forward_int``, dequantize (one compiled
