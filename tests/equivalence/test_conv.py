@@ -27,6 +27,7 @@ from torch import Tensor
 from glassquant.dialects import fbgemm, onednn, qnnpack
 from glassquant.errors import AccumulatorOverflowError
 from glassquant.interop import torch_ao
+from glassquant.kernels import vnni
 from glassquant.nn import conv
 from glassquant.nn.conv import QuantConv1d, QuantConv2d
 from glassquant.rounding import round_half_away
@@ -234,14 +235,19 @@ def cases(engine: str, per_channel: bool, seed: int, shapes: list[Shape] = SHAPE
 
 
 def conv_suite(engine: str, per_channel: bool, seed: int, shapes: list[Shape] = SHAPES) -> dict[str, int]:
-    """Every case through torch.ao and QuantConv (fast path); counts outputs, mismatches, ties."""
-    stats = {"outputs": 0, "mismatches": 0, "forced_ties": 0, "exact_ties": 0, "saturating": 0}
+    """Every case through torch.ao and QuantConv's fast paths (the compiled VNNI kernel where it applies, and
+    the torch path with the kernel turned off); counts outputs, mismatches of either, VNNI-run cases, ties."""
+    stats = {"outputs": 0, "mismatches": 0, "forced_ties": 0, "exact_ties": 0, "saturating": 0, "vnni_cases": 0}
     for c, kernel, ties in cases(engine, per_channel, seed, shapes):
         ref = torch_ao_conv(engine, c)
-        got = c.layer(engine).forward_int(c.x_q)
+        layer = c.layer(engine)
+        got = layer.forward_int(c.x_q)
+        stats["vnni_cases"] += layer._vnni_plan(kernel) is not None
+        layer._vnni_plan = lambda family: None  # the torch path (im2col, _int_mm, the dialect's requantize)
+        got_torch = layer.forward_int(c.x_q)
         assert got.dtype == ref.dtype == torch.uint8 and got.shape == ref.shape
         stats["outputs"] += ref.numel()
-        stats["mismatches"] += int((ref != got).sum())
+        stats["mismatches"] += int((ref != got).sum()) + int((ref != got_torch).sum())
         stats["forced_ties"] += ties
         pre_fn = PREROUNDING[kernel][0]
         w_arg = c.w_scale if c.w_scale.numel() > 1 else float(c.w_scale)
@@ -263,6 +269,8 @@ def test_static_conv_bit_exact(engine: str, per_channel: bool) -> None:
     assert stats["mismatches"] == 0, stats
     if engine in ("fbgemm", "x86"):
         assert stats["saturating"] >= 1, stats  # fbgemm's depthwise kernel met inputs above 127
+    if engine in ("fbgemm", "x86", "onednn") and vnni.available():
+        assert stats["vnni_cases"] >= 5, stats  # the compiled conv path really ran
 
 
 def test_x86_routes_convs_as_pytorch_does() -> None:
@@ -342,7 +350,40 @@ def test_padding_with_integer_zero_is_caught(engine: str, monkeypatch: pytest.Mo
     c.x_zero_point = 200
     assert torch.equal(c.layer(engine).forward_int(c.x_q), torch_ao_conv(engine, c))
     monkeypatch.setattr(conv, "pad_with_zero_point", lambda x, zp, p: F.pad(x, (p[1], p[1], p[0], p[0])))
-    assert not torch.equal(c.layer(engine).forward_int(c.x_q), torch_ao_conv(engine, c))
+    layer = c.layer(engine)
+    layer._vnni_plan = lambda family: None  # the torch path pads with pad_with_zero_point
+    assert not torch.equal(layer.forward_int(c.x_q), torch_ao_conv(engine, c))
+
+
+@pytest.mark.skipif(not vnni.available(), reason="the compiled VNNI library is not built or the CPU lacks VNNI")
+def test_compiled_im2col_equals_im2col() -> None:
+    """``vnni.im2col_u8`` (the compiled conv path's gather) == ``conv.im2col`` for one group: strides,
+    paddings (read as the zero point), dilations, non-square kernels and inputs, 1x1 kernels."""
+    g = torch.Generator().manual_seed(9)
+    geometries = [((2, 3, 9, 7), (3, 3), (1, 1), (1, 1), (1, 1)), ((1, 4, 8, 8), (3, 2), (2, 1), (2, 0), (1, 2)),
+                  ((3, 1, 5, 11), (1, 4), (1, 3), (0, 3), (1, 1)), ((2, 16, 6, 6), (1, 1), (1, 1), (0, 0), (1, 1)),
+                  ((1, 2, 10, 10), (5, 5), (3, 2), (2, 2), (2, 1))]
+    for shape, kernel, stride, padding, dilation in geometries:
+        x = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+        for zp in (0, 37, 255):
+            ref = conv.im2col(x, zp, kernel, stride, padding, dilation, 1)[0]
+            assert torch.equal(vnni.im2col_u8(x, zp, kernel, stride, padding, dilation), ref), (shape, kernel, zp)
+
+
+def test_float_forward_is_dequantized_forward_int() -> None:
+    """``QuantConv2d.forward`` (float in, float out) == eq. 1 of ``forward_int``'s integers, bit for bit."""
+    from glassquant.affine import dequantize
+    from glassquant.scheme import QScheme
+
+    g = torch.Generator().manual_seed(10)
+    for zy, sy in ((0, 0.0292226), (131, 0.3), (255, 1e-3)):
+        c = make_case(g, Shape(2, 4, 8, (7, 7), 3, 1, 1, 1, 1, "random"), True, False, False)
+        c.y_zero_point, c.y_scale = zy, sy
+        layer = c.layer("x86")
+        x = torch.randn(2, 4, 7, 7, generator=g)
+        y_q = layer.forward_int(layer.quantize_input(x))
+        ref = dequantize(y_q, torch.tensor(sy), torch.tensor(zy), QScheme(bits=8, signed=False))
+        assert torch.equal(layer(x), ref)
 
 
 @pytest.mark.parametrize("spatial", [1, 2])

@@ -166,13 +166,13 @@ GQ_TARGET static gq_epi epilogue_settings(const gq_linear *a) {
     e.y_scale = a->y_scale;
     e.y_zero_point = (float)a->y_zero_point;
     e.y_min = a->relu ? (float)a->y_zero_point : 0.0f;
-    if (a->out == GQ_OUT_TOKEN || a->out == GQ_OUT_DYNAMIC) {
+    if (a->out == GQ_OUT_TOKEN || a->out == GQ_OUT_DYNAMIC || a->out == GQ_OUT_ONEDNN_U8) {
         e.bias = a->bias;
     } else {
         e.bias = a->bias_mode == GQ_BIAS_ADD ? a->bias_acc : a->bias_mode == GQ_BIAS_FMA ? a->bias : NULL;
     }
     /* streaming stores for float outputs bigger than the caches keep, on 64-byte aligned rows */
-    e.stream = a->out != GQ_OUT_STATIC_U8 && a->n % 16 == 0 && ((uintptr_t)a->y & 63) == 0 &&
+    e.stream = a->out != GQ_OUT_STATIC_U8 && a->out != GQ_OUT_ONEDNN_U8 && a->n % 16 == 0 && ((uintptr_t)a->y & 63) == 0 &&
                (double)a->m * (double)a->n * 4.0 >= GQ_STREAM_MIN_BYTES;
     return e;
 }
@@ -300,6 +300,39 @@ int gq_vnni_quantize_u8(const float *x, int64_t n, uint8_t *u, float scale, int3
     (void)x, (void)n, (void)u, (void)scale, (void)zero_point;
     return -1;
 #endif
+}
+
+/* im2col of one group for the convolution path (glassquant.nn.conv.im2col with groups = 1, exact):
+ * out[(b, y, x), (c, i, j)] = x_pad[b, c, y * sh + i * dh, x * sw + j * dw], the padding reading as
+ * the zero point; x uint8 (N, C, H, W) contiguous, out uint8 (N * OH * OW, C * kH * kW). Plain C
+ * (no VNNI needed), rows in parallel for large outputs. */
+void gq_im2col_u8(const uint8_t *x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw,
+                  int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int32_t zero_point,
+                  int64_t oh, int64_t ow, uint8_t *out) {
+    const int64_t kdim = c * kh * kw;
+    const uint8_t zp = (uint8_t)zero_point;
+#pragma omp parallel for schedule(static) if (n * oh * ow * kdim >= GQ_PARALLEL_MIN_ACT)
+    for (int64_t r = 0; r < n * oh; ++r) {
+        const int64_t b = r / oh, y = r % oh;
+        for (int64_t xo = 0; xo < ow; ++xo) {
+            uint8_t *o = out + (r * ow + xo) * kdim;
+            for (int64_t ci = 0; ci < c; ++ci) {
+                const uint8_t *plane = x + (b * c + ci) * h * w;
+                for (int64_t i = 0; i < kh; ++i) {
+                    const int64_t ih = y * sh - ph + i * dh;
+                    if (ih < 0 || ih >= h) {
+                        memset(o, zp, (size_t)kw);
+                        o += kw;
+                        continue;
+                    }
+                    for (int64_t j = 0; j < kw; ++j) {
+                        const int64_t iw = xo * sw - pw + j * dw;
+                        *o++ = (iw < 0 || iw >= w) ? zp : plane[ih * w + iw];
+                    }
+                }
+            }
+        }
+    }
 }
 
 /* For benchmarks: run 12 * iters VPDPBUSD (each 64 multiply-adds = 128 int8 ops) on each of

@@ -36,7 +36,7 @@
 /* activation modes */
 enum { GQ_ACT_TOKEN_S8 = 0, GQ_ACT_TENSOR_U8 = 1, GQ_ACT_DYNAMIC_U8 = 2, GQ_ACT_GIVEN_U8 = 3 };
 /* output modes */
-enum { GQ_OUT_TOKEN = 0, GQ_OUT_DYNAMIC = 1, GQ_OUT_STATIC_U8 = 2, GQ_OUT_STATIC_F32 = 3 };
+enum { GQ_OUT_TOKEN = 0, GQ_OUT_DYNAMIC = 1, GQ_OUT_STATIC_U8 = 2, GQ_OUT_STATIC_F32 = 3, GQ_OUT_ONEDNN_U8 = 4 };
 /* static bias modes (fbgemm: per channel adds f32(b / f32(sx*sw)), per tensor fuses b * rcp + acc) */
 enum { GQ_BIAS_NONE = 0, GQ_BIAS_ADD = 1, GQ_BIAS_FMA = 2 };
 /* kernel choice: by shape, dot kernel only, token-block kernel for every full 16-row block */
@@ -77,6 +77,9 @@ int gq_vnni_run(const gq_linear *plan, const void *x, int64_t m, int64_t ldx, vo
                 int64_t work_bytes, int32_t act, int32_t out, int32_t threads, int32_t kernel);
 double gq_vnni_peak_ops(int64_t iters, int32_t threads);
 int gq_vnni_quantize_u8(const float *x, int64_t n, uint8_t *u, float scale, int32_t zero_point);
+void gq_im2col_u8(const uint8_t *x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw,
+                  int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int32_t zero_point,
+                  int64_t oh, int64_t ow, uint8_t *out);
 void gq_vnni_choose_qparams_u8(float x_min, float x_max, int32_t qmin, int32_t qmax, int32_t reduce_range,
                                float *scale, int32_t *zero_point);
 

@@ -15,6 +15,10 @@
  *     r = rne(f32(v * multiplier[n])); q = clamp(r + zy, lo, 255) with lo = zy under a fused
  *     ReLU, else 0 (r + zy is exact below 2**24 and beyond it the clamp decides alone);
  *     stored as uint8, or dequantized: y = f32((q - zy) * y_scale) (glassquant.affine.dequantize).
+ *   GQ_OUT_ONEDNN_U8 (glassquant.nn.conv.onednn_conv_requantize, oneDNN's int8 convolution):
+ *     v = f32(f32(f * sx') * sw[n]); v = f32(v + b[n]) with a bias; v = f32(f32(v * inv_sy) + zy);
+ *     q = clamp(rne(v), lo, 255), lo = zy under a fused ReLU, else 0; sx' and inv_sy are the scales'
+ *     reciprocal round trips, formed once by the caller (gq_epi.x_scale, gq_epi.y_scale).
  * ReLU on float outputs is max(0, y) keeping -0.0, like torch.clamp_min(y, 0).
  * Stores: float32 rows may be written with streaming (non-temporal) stores when the caller
  * sets gq_epi.stream (large outputs, 64-byte aligned rows): no read-for-ownership of lines
@@ -37,7 +41,7 @@ GQ_INLINE gq_cols load_cols(const gq_epi *e, int64_t n0, __mmask16 mk) {
     c.mk = mk;
     c.offset_cs = _mm512_mullo_epi32(_mm512_set1_epi32(e->offset), _mm512_maskz_loadu_epi32(mk, e->col_sum + n0));
     c.bias = e->bias ? _mm512_maskz_loadu_ps(mk, e->bias + n0) : _mm512_setzero_ps();
-    if (e->out == GQ_OUT_TOKEN) {
+    if (e->out == GQ_OUT_TOKEN || e->out == GQ_OUT_ONEDNN_U8) {
         c.scale = _mm512_maskz_loadu_ps(mk, e->w_scale + n0);
     } else if (e->out == GQ_OUT_DYNAMIC) {
         c.scale = _mm512_mul_ps(_mm512_set1_ps(e->x_scale), _mm512_maskz_loadu_ps(mk, e->w_scale + n0));
@@ -64,6 +68,15 @@ GQ_INLINE void epilogue16(const gq_epi *e, const gq_cols *c, int64_t m, int64_t 
         if (e->bias) y = _mm512_add_ps(y, c->bias);
         if (e->relu) y = _mm512_max_ps(_mm512_setzero_ps(), y); /* MAXPS returns the 2nd operand on +-0 ties */
         store_f32(e, (float *)e->y + at, c->mk, y);
+        return;
+    }
+    if (e->out == GQ_OUT_ONEDNN_U8) {
+        __m512 v = _mm512_mul_ps(_mm512_mul_ps(f, _mm512_set1_ps(e->x_scale)), c->scale);
+        if (e->bias) v = _mm512_add_ps(v, c->bias);
+        v = _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(e->y_scale)), _mm512_set1_ps(e->y_zero_point));
+        const __m512 r = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const __m512 q = _mm512_min_ps(_mm512_max_ps(r, _mm512_set1_ps(e->y_min)), _mm512_set1_ps(255.0f));
+        _mm_mask_storeu_epi8((uint8_t *)e->y + at, c->mk, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q)));
         return;
     }
     if (e->out == GQ_OUT_DYNAMIC) {

@@ -33,12 +33,12 @@ from ..dialects._base import as_column
 from ..floatops import f32
 from ._libs import load_extension
 
-__all__ = ["Plan", "PlanCache", "accepts", "available", "plan_dynamic", "plan_static", "plan_token", "quantize_u8",
-           "run_float", "run_uint8"]
+__all__ = ["Plan", "PlanCache", "accepts", "available", "im2col_u8", "plan_dynamic", "plan_onednn_conv",
+           "plan_static", "plan_token", "quantize_u8", "run_float", "run_uint8"]
 
 _c_i64, _c_i32, _c_f32, _c_ptr = ctypes.c_int64, ctypes.c_int32, ctypes.c_float, ctypes.c_void_p
 ACT_TOKEN_S8, ACT_TENSOR_U8, ACT_DYNAMIC_U8, ACT_GIVEN_U8 = 0, 1, 2, 3
-OUT_TOKEN, OUT_DYNAMIC, OUT_STATIC_U8, OUT_STATIC_F32 = 0, 1, 2, 3
+OUT_TOKEN, OUT_DYNAMIC, OUT_STATIC_U8, OUT_STATIC_F32, OUT_ONEDNN_U8 = 0, 1, 2, 3, 4
 BIAS_NONE, BIAS_ADD, BIAS_FMA = 0, 1, 2
 #: kernel choice (``Plan.kernel``): by shape, dot kernel only, token-block kernel for full 16-row blocks
 KERNEL_AUTO, KERNEL_DOT, KERNEL_BLOCK = 0, 1, 2
@@ -74,6 +74,8 @@ def _load() -> ctypes.CDLL | None:
     lib.gq_vnni_peak_ops.argtypes = [_c_i64, _c_i32]
     lib.gq_vnni_quantize_u8.restype = ctypes.c_int
     lib.gq_vnni_quantize_u8.argtypes = [_c_ptr, _c_i64, _c_ptr, _c_f32, _c_i32]
+    lib.gq_im2col_u8.restype = None
+    lib.gq_im2col_u8.argtypes = [_c_ptr, *([_c_i64] * 12), _c_i32, _c_i64, _c_i64, _c_ptr]
     lib.gq_vnni_choose_qparams_u8.restype = None
     lib.gq_vnni_choose_qparams_u8.argtypes = [_c_f32, _c_f32, _c_i32, _c_i32, _c_i32,
                                               ctypes.POINTER(_c_f32), ctypes.POINTER(_c_i32)]
@@ -215,6 +217,25 @@ def plan_static(w_q: Tensor, w_scale: Tensor, w_zero_point: Tensor, bias: Tensor
                  bias_acc=bias_acc, **scalars)
 
 
+def plan_onednn_conv(w_q: Tensor, w_scale: Tensor, w_zero_point: Tensor, bias: Tensor | None, x_scale_rt: float,
+                     x_zero_point: int, inv_y_scale: float, y_zero_point: int, relu: bool) -> Plan | None:
+    """Plan for oneDNN's int8 convolution as a Linear over im2col rows (uint8 in, uint8 out).
+
+    ``w_q`` int8 (C_out, K) (the kernel flattened, one group); ``x_scale_rt`` = ``f32(1 / f32(1 /
+    f64(sx)))`` and ``inv_y_scale`` = ``f32(1 / that of sy)`` formed by the caller
+    (``nn.conv.onednn_conv_prerounding``); the epilogue is GQ_OUT_ONEDNN_U8 (_vnni_epilogue.c).
+    None when the weight is asymmetric or a constant is not finite and positive.
+    """
+    if not _symmetric(w_zero_point):
+        return None
+    consts = torch.tensor([x_scale_rt, inv_y_scale], dtype=torch.float32)
+    sw = f32(w_scale.reshape(-1))
+    if not bool(torch.isfinite(consts).all()) or not bool((consts > 0).all()) or not bool(torch.isfinite(sw).all()):
+        return None
+    return _plan(w_q, w_scale, bias, ACT_GIVEN_U8, OUT_ONEDNN_U8, relu, x_scale=float(consts[0]),
+                 x_zero_point=int(x_zero_point), y_scale=float(consts[1]), y_zero_point=int(y_zero_point))
+
+
 _SCRATCH = threading.local()
 
 
@@ -271,13 +292,14 @@ def run_float(plan: Plan, x: Tensor) -> Tensor | None:
 
 
 def run_uint8(plan: Plan, x_q: Tensor) -> Tensor:
-    """Static plans only: uint8 (..., K) -> uint8 (..., N), the integers of ``forward_int``."""
-    if plan.args.out not in (OUT_STATIC_U8, OUT_STATIC_F32):
+    """Static plans only: uint8 (..., K) -> uint8 (..., N), the integers of ``forward_int`` (fbgemm's
+    requantize, or oneDNN's convolution for a :func:`plan_onednn_conv` plan)."""
+    if plan.args.out not in (OUT_STATIC_U8, OUT_STATIC_F32, OUT_ONEDNN_U8):
         raise ValueError("vnni.run_uint8: the plan is not a static (uint8 in, uint8 out) plan")
     _check(plan, x_q, torch.uint8, "vnni.run_uint8: x_q")
     x2 = _rows(x_q, plan.args.k)  # (M, K)
     y = torch.empty((x2.shape[0], plan.out_features), dtype=torch.uint8)  # (M, N)
-    rc = _call(plan, x2, y, ACT_GIVEN_U8, OUT_STATIC_U8)
+    rc = _call(plan, x2, y, ACT_GIVEN_U8, OUT_ONEDNN_U8 if plan.args.out == OUT_ONEDNN_U8 else OUT_STATIC_U8)
     assert rc == 0, rc  # uint8 inputs cannot be non-finite
     return y if x_q.dim() == 2 else y.reshape(*x_q.shape[:-1], plan.out_features)
 
@@ -293,6 +315,25 @@ def quantize_u8(x: Tensor, scale: float, zero_point: int) -> Tensor | None:
     q = torch.empty(x.shape, dtype=torch.uint8)
     rc = _LIB.gq_vnni_quantize_u8(xc.data_ptr(), xc.numel(), q.data_ptr(), float(scale), int(zero_point))
     return q if rc == 0 else None
+
+
+def im2col_u8(x_q: Tensor, zero_point: int, kernel: tuple[int, int], stride: tuple[int, int],
+              padding: tuple[int, int], dilation: tuple[int, int]) -> Tensor:
+    """``nn.conv.im2col(...)[0]`` for one group, compiled (``gq_im2col_u8``): uint8 (N, C, H, W) ->
+    uint8 (N * OH * OW, C * kH * kW), padding read as ``zero_point``. Exact (a gather)."""
+    assert _LIB is not None, "glassquant: the VNNI library is not built"
+    if x_q.dtype != torch.uint8 or x_q.dim() != 4 or x_q.device.type != "cpu":
+        raise ValueError(f"vnni.im2col_u8: expected a CPU uint8 (N, C, H, W) tensor, got {x_q.dtype} "
+                         f"{tuple(x_q.shape)}")
+    x = x_q.contiguous()
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    oh, ow = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    out = torch.empty((n * oh * ow, c * kh * kw), dtype=torch.uint8)
+    if out.numel():
+        _LIB.gq_im2col_u8(x.data_ptr(), n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, int(zero_point), oh, ow,
+                          out.data_ptr())
+    return out
 
 
 def choose_qparams_u8(x_min: float, x_max: float, reduce_range: bool) -> tuple[float, int]:

@@ -55,17 +55,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import dialects
-from ..affine import dequantize
 from ..dialects import fbgemm, onnx, qnnpack
 from ..dialects._base import INT32_MAX, accumulate, as_column, check_int32, worst_case_accumulator
 from ..errors import AccumulatorOverflowError, check_finite, check_integer
 from ..floatops import f32
+from ..kernels import vnni
 from ..kernels.cpu import PackedWeight, accumulate_int_mm
 from ..scheme import QScheme
 from .base import QuantModule, quantize_static_input, register
 from .linear import WEIGHT_PER_CHANNEL, quantize_weight
-
-_UINT8 = QScheme(bits=8, signed=False)
 
 
 def _pair(v: int | Sequence[int], n: int, label: str, name: str) -> tuple[int, ...]:
@@ -110,6 +108,11 @@ def onednn_conv_requantize(acc: Tensor, x_scale: float, w_scale: Tensor | float,
 #: kernel family -> requantize(acc, x_scale, w_scale, bias, y_scale, y_zero_point, relu)
 REQUANTIZE = {"fbgemm": fbgemm.requantize, "qnnpack": qnnpack.requantize, "onednn": onednn_conv_requantize,
               "onnx": onnx.requantize}
+
+
+#: kernel family -> the requantize the compiled VNNI epilogue reproduces (GQ_OUT_STATIC_U8, GQ_OUT_ONEDNN_U8);
+#: a family whose REQUANTIZE entry is anything else keeps the torch path
+_VNNI_RULES = {"fbgemm": fbgemm.requantize, "onednn": onednn_conv_requantize}
 
 
 @functools.lru_cache(maxsize=1)
@@ -278,6 +281,7 @@ class _QuantConvNd(QuantModule):
                 f"{name}: worst-case |accumulator| {self.accumulator_bound} > 2**31 - 1 for "
                 f"{w_q[0].numel()} terms per output; some uint8 input would overflow int32")
         self._packed: list[PackedWeight] | None = None
+        self._vnni = vnni.PlanCache()
 
     @property
     def in_channels(self) -> int:
@@ -340,11 +344,17 @@ class _QuantConvNd(QuantModule):
                                                padding, dilation)):
             acc = fbgemm_depthwise_accumulate(x2, self.x_zero_point, w_q, self.w_zero_point, stride, padding)
             check_int32(acc, self.name)
+        elif (plan := self._vnni_plan(kernel_family) if fast and x2.device.type == "cpu" else None) is not None:
+            # one compiled call on the im2col rows: the same integers (kernels/vnni.py, _vnni_epilogue.c)
+            cols = vnni.im2col_u8(x2, self.x_zero_point, kernel, stride, padding, dilation)  # (N * OH * OW, K)
+            acc = None
+            y_q = vnni.run_uint8(plan, cols)  # (M, C_out)
         else:
             acc = self.accumulate(x2, fast)  # (N * OH * OW, C_out)
-        w_scale = self.w_scale if self.w_scale.numel() > 1 else float(self.w_scale)
-        y_q = REQUANTIZE[kernel_family](acc, self.x_scale, w_scale, self.bias, self.y_scale, self.y_zero_point,
-                                        self.relu)  # (M, C_out)
+        if acc is not None:
+            w_scale = self.w_scale if self.w_scale.numel() > 1 else float(self.w_scale)
+            y_q = REQUANTIZE[kernel_family](acc, self.x_scale, w_scale, self.bias, self.y_scale, self.y_zero_point,
+                                            self.relu)  # (M, C_out)
         y_q = y_q.reshape(x2.shape[0], oh, ow, self.out_channels).permute(0, 3, 1, 2).contiguous()
         return y_q.squeeze(2) if self.spatial == 1 else y_q
 
@@ -352,9 +362,38 @@ class _QuantConvNd(QuantModule):
         """Float input to uint8 with this layer's input qparams and the engine's rule."""
         return quantize_static_input(self, x)
 
+    def _vnni_plan(self, kernel_family: str) -> vnni.Plan | None:
+        """The compiled AVX512-VNNI plan for ``groups = 1`` convolutions of the oneDNN family (oneDNN's
+        requantize) or the fbgemm family (fbgemm's, as the static Linear), rebuilt when a buffer or
+        setting changes; None where it does not apply (no VNNI, groups > 1, another family, an
+        asymmetric weight, a weight whose worst-case accumulator could leave int32)."""
+        if not vnni.available() or self.groups != 1 or REQUANTIZE.get(kernel_family) is not _VNNI_RULES.get(
+                kernel_family):  # the compiled epilogue implements exactly these two rules
+            return None
+        b = self._buffers
+        w_q, w_scale, w_zero_point = b["w_q"], b["w_scale"], b["w_zero_point"]
+        assert w_q is not None and w_scale is not None and w_zero_point is not None
+        return self._vnni.get(w_q, w_scale, w_zero_point, b["bias"],
+                              (kernel_family, self.relu, self.x_scale, self.x_zero_point, self.y_scale,
+                               self.y_zero_point), lambda: self._build_vnni_plan(kernel_family))
+
+    def _build_vnni_plan(self, kernel_family: str) -> vnni.Plan | None:
+        if self.w_q.device.type != "cpu" or self.accumulator_bound > INT32_MAX:
+            return None
+        w2 = self.w_q.reshape(self.out_channels, -1)  # (C_out, C_in * kH * kW), a view: im2col's tap order
+        if kernel_family == "fbgemm":
+            return vnni.plan_static(w2, self.w_scale, self.w_zero_point, self.bias, self.x_scale,
+                                    self.x_zero_point, self.y_scale, self.y_zero_point, self.relu)
+        x_scale_rt = float(_round_trip_f64(self.x_scale))
+        inv_y_scale = float(f32(1.0) / _round_trip_f64(self.y_scale))
+        return vnni.plan_onednn_conv(w2, self.w_scale, self.w_zero_point, self.bias, x_scale_rt, self.x_zero_point,
+                                     inv_y_scale, self.y_zero_point, self.relu)
+
     def forward(self, x: Tensor) -> Tensor:
         y_q = self.forward_int(self.quantize_input(x))
-        return dequantize(y_q, torch.tensor(self.y_scale), torch.tensor(self.y_zero_point), _UINT8)
+        # affine.dequantize's f32(q - zy) * f32(sy) in two float32 passes: q - zy is an integer of at most
+        # 255 in magnitude, exact in float32 either way, so the floats are the same (tested)
+        return y_q.to(torch.float32).sub_(float(self.y_zero_point)).mul_(float(f32(self.y_scale)))
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
