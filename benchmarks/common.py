@@ -5,8 +5,8 @@ Timing rules (every section of ``benchmarks/suite.py`` follows them):
 - **Interleaved**: the variants of one comparison run in rounds, one call of each per
   round, the order reversed every other round, so a slow drift (another process, thermal
   throttling) hits every variant alike.
-- **Medians** of many single-call timings (``time.perf_counter``), after one warm-up call
-  per variant (lazy weight packing happens there, not in the timings).
+- **Medians** of many single-call timings (``time.perf_counter``), after two warm-up calls
+  per variant (lazy weight packing and kernel plans happen there, not in the timings).
 - **Adaptive repetitions**: each variant gets about ``budget_s`` seconds of calls, between
   ``min_reps`` and ``max_reps`` calls, so a 10 µs call gets hundreds of samples and a
   0.5 s call a handful, and the whole suite fits a fixed wall-clock budget.
@@ -176,11 +176,14 @@ def _once(fn: Callable[[], Any]) -> float:
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], *, budget_s: float = 0.2, min_reps: int = 5,
-                     max_reps: int = 300, warmup: int = 1, warm_cache: bool = False) -> dict[str, Timing]:
+                     max_reps: int = 300, warmup: int = 2, warm_cache: bool = False) -> dict[str, Timing]:
     """Median-ready timings of several variants, interleaved call by call.
 
     Each variant is warmed up ``warmup`` times, then gets ``clamp(budget_s / t_first,
-    min_reps, max_reps)`` calls, where ``t_first`` is its last warm-up time. Rounds call every
+    min_reps, max_reps)`` calls, where ``t_first`` is its last warm-up time (two by default: a
+    first call that builds a lazily packed weight or kernel plan would otherwise set the count
+    from a time 10-30x the real one, and that variant would get ``min_reps`` samples, all from
+    the first rounds). Rounds call every
     variant that still needs samples once, in list order on even rounds and reversed on odd
     ones. Exceptions propagate: a failing variant should be removed by the caller, not timed.
 

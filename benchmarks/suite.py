@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import time
 import warnings
 from collections.abc import Callable
@@ -122,6 +123,40 @@ def crossovers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def linear_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (threads, K, N, M) of the warm Linear runs: glassquant's W8A8 layers against PyTorch's
+    (torch.ao x86/fbgemm) in the same rounds, the weight-only int4 layer against fp32, and the static
+    layer's share of the measured VNNI peak (the README's table)."""
+    warm = [r for r in rows if r["regime"] == "warm"]
+    by = {(r["threads"], r["K"], r["N"], r["M"], r["variant"]): r for r in warm}
+    out = []
+    for t, k, n, m in sorted({(r["threads"], r["K"], r["N"], r["M"]) for r in warm}):
+        def us(name: str, key: tuple[int, int, int, int] = (t, k, n, m)) -> float | None:
+            r = by.get((*key, name))
+            return None if r is None else float(r["median_us"])
+
+        def ratio(base: str, mine: str) -> float | None:
+            a, b = us(base), us(mine)
+            return None if a is None or b is None else a / b
+        static = by.get((t, k, n, m, "gq static x86"))
+        out.append({"threads": t, "shape": f"{k}×{n}", "M": m, "fp32_us": us("fp32 nn.Linear"),
+                    "static_us": us("gq static x86"),
+                    "static_x_ao": ratio("torch.ao static (float in/out)", "gq static x86"),
+                    "int_x_ao": ratio("torch.ao static (quint8 in/out)", "gq static x86 forward_int"),
+                    "dyn_x_ao": ratio("torch.ao dynamic (x86)", "gq dynamic per-tensor (x86)"),
+                    "token_x_ao": ratio("torch.ao dynamic (x86)", "gq dynamic per-token (torchao)"),
+                    "static_x_fp32": ratio("fp32 nn.Linear", "gq static x86"),
+                    "int4_x_fp32": ratio("fp32 nn.Linear", "gq weight-only int4 g128"),
+                    "pct_peak": None if static is None else static.get("pct_measured_peak")})
+    return out
+
+
+SUMMARY_COLUMNS = [("threads", "thr"), ("shape", "K×N"), ("M", "M"), ("fp32_us", "fp32 µs"),
+                   ("static_us", "gq static µs"), ("static_x_ao", "static × torch.ao"),
+                   ("int_x_ao", "static int-only × torch.ao"), ("dyn_x_ao", "dynamic per-tensor × torch.ao"),
+                   ("token_x_ao", "per-token × torch.ao dynamic"), ("static_x_fp32", "static × fp32"),
+                   ("int4_x_fp32", "weight-only int4 × fp32"), ("pct_peak", "static % of measured VNNI peak")]
+
 CONVERSION_COLUMNS = [("model", "model"), ("tool", "tool"), ("preset", "preset"), ("seconds", "seconds")]
 DIGITS_COLUMNS = [("model", "model"), ("threads", "thr"), ("batch", "batch"), ("variant", "variant"),
                   ("median_us", "median µs"), ("x_fp32", "× fp32"), ("test_accuracy", "test accuracy")]
@@ -143,7 +178,9 @@ def report(machine: common.Machine, plan: Plan, sections: dict[str, Any], notes:
                                                "suite wall time": f"{seconds:.0f} s",
                                                "timing": "medians of interleaved single calls, adaptive repetitions "
                                                          "(reps in the JSON)"}), "",
-             "## Linear layers", "", linear.markdown(sections["linear"]), "",
+             "## Linear layers", "", "### Summary (warm weights; ratios of medians from the same rounds)", "",
+             common.markdown_table(linear_summary(sections["linear"]), SUMMARY_COLUMNS), "",
+             linear.markdown(sections["linear"]), "",
              "### Crossovers (warm, 1 thread)", "",
              f"slowpath.TINY_MACS now: {TINY_MACS}. A path with overlapping ranges has no single M·K·N threshold "
              "(its overhead scales with M·(K+N), not M·K·N).", "",
@@ -193,11 +230,28 @@ def run(plan: Plan, out_dir: Path = common.RESULTS, log: Callable[[str], None] =
                                 meta={"plan": asdict(plan), "seconds": seconds, "notes": notes})
 
 
+def render(json_path: Path) -> Path:
+    """The Markdown of a results JSON written by :func:`run` (tables only; nothing is timed again)."""
+    doc = json.loads(json_path.read_text())
+    machine = common.Machine(**{**doc["machine"], "flags": tuple(doc["machine"]["flags"])})
+    plan = Plan(**{**doc["plan"], "threads": tuple(doc["plan"]["threads"])})
+    sections = doc["sections"]
+    bandwidth = {int(t): b for t, b in sections["bandwidth"].items()}
+    peaks = {int(t): float(p) for t, p in sections.get("measured_int8_peak_ops", {}).items()}
+    md_path = json_path.with_suffix(".md")
+    md_path.write_text(report(machine, plan, sections, doc.get("notes", []), bandwidth, doc["seconds"], peaks))
+    return md_path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="glassquant's benchmark suite (make bench)")
     ap.add_argument("--quick", action="store_true", help="a < 60 s smoke run: one shape, 1 thread, fewer reps")
     ap.add_argument("--out", type=Path, default=common.RESULTS, help="results directory")
+    ap.add_argument("--render", type=Path, help="re-write the Markdown of an existing results JSON (no timing)")
     args = ap.parse_args()
+    if args.render is not None:
+        print(f"written to {render(args.render)}")
+        return
     json_path, md_path = run(Plan.make(args.quick), args.out)
     print(md_path.read_text())
     print(f"written to {json_path} and {md_path}")

@@ -55,6 +55,21 @@ def test_smallest_piece_of_the_suite(tmp_path: Path, keep_threads: None) -> None
     doc = json.loads(json_path.read_text())
     assert doc["machine"]["cpu"] == machine.cpu and len(doc["sections"]["linear"]) == len(rows)
     assert md_path.read_text() == md and json_path.name.endswith("-quick.json")
+    # the README summary: one row per (threads, K, N, M), ratios of the same rounds' medians
+    (summary,) = suite.linear_summary(rows)
+    assert summary["shape"] == "128×128" and summary["M"] == 1
+    assert summary["static_x_ao"] == pytest.approx(warm["torch.ao static (float in/out)"]["median_us"]
+                                                   / warm["gq static x86"]["median_us"])
+    # --render rebuilds the Markdown from the JSON alone
+    from dataclasses import asdict
+
+    bandwidth = {1: {"copy_bytes_per_s": 1e10, "best_copy_bytes_per_s": 1e10, "read_bytes_per_s": 1e10}}
+    sections = {"bandwidth": bandwidth, "measured_int8_peak_ops": {}, "linear": rows, "crossovers": crossovers,
+                "minilm": [], "digits": [], "conversion": []}
+    json_path, md_path = common.write_results(machine, sections, "", quick=True, out_dir=tmp_path,
+                                              meta={"plan": asdict(suite.Plan.make(True)), "seconds": 1.0,
+                                                    "notes": []})
+    assert suite.render(json_path) == md_path and "### Summary" in md_path.read_text()
 
 
 def test_interleaved_timing_and_table_cells() -> None:
