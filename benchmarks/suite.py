@@ -230,6 +230,61 @@ def run(plan: Plan, out_dir: Path = common.RESULTS, log: Callable[[str], None] =
                                 meta={"plan": asdict(plan), "seconds": seconds, "notes": notes})
 
 
+README_SUMMARY = [c for c in SUMMARY_COLUMNS if c[0] != "int4_x_fp32"]
+
+
+def readme_markdown(json_path: Path) -> str:
+    """The README's benchmark tables from a results JSON: the W8A8 summary, M = 1 cold weights against
+    the bandwidth floor, measured weight memory, MiniLM and the digits models (numbers as measured)."""
+    doc = json.loads(json_path.read_text())
+    sec = doc["sections"]
+    lin = sec["linear"]
+    cold = {(r["threads"], r["K"], r["N"], r["variant"]): r for r in lin if r["regime"] == "cold"}
+    cold_rows = []
+    for t, k, n in sorted({(r["threads"], r["K"], r["N"]) for r in lin if r["regime"] == "cold"}):
+        def get(v: str, key: str, at: tuple[int, int, int] = (t, k, n)) -> Any:
+            r = cold.get((*at, v))
+            return None if r is None else r.get(key)
+        cold_rows.append({"threads": t, "shape": f"{k}×{n}", "fp32": get("fp32 nn.Linear", "median_us"),
+                          "ao": get("torch.ao static (float in/out)", "median_us"),
+                          "gq": get("gq static x86", "median_us"), "floor": get("gq static x86", "floor_us"),
+                          "x_floor": (get("gq static x86", "median_us") or 0) / (get("gq static x86", "floor_us") or 1),
+                          "token_x_floor": (get("gq dynamic per-token (torchao)", "median_us") or 0)
+                          / (get("gq dynamic per-token (torchao)", "floor_us") or 1),
+                          "int4": get("gq weight-only int4 g128", "median_us"),
+                          "int4_x_fp32": get("gq weight-only int4 g128", "x_fp32"),
+                          "int8wo_x_fp32": get("gq weight-only int8", "x_fp32"),
+                          "torchao_wo_x_fp32": get("torchao int8 weight-only", "x_fp32")})
+    cold_cols = [("threads", "thr"), ("shape", "K×N"), ("fp32", "fp32 µs"), ("ao", "torch.ao static µs"),
+                 ("gq", "gq static µs"), ("floor", "floor µs"), ("x_floor", "gq static ÷ floor"),
+                 ("token_x_floor", "per-token ÷ floor"), ("int4_x_fp32", "gq int4 weight-only × fp32"),
+                 ("int8wo_x_fp32", "gq int8 weight-only × fp32"),
+                 ("torchao_wo_x_fp32", "torchao int8 weight-only × fp32")]
+    warm = [r for r in lin if r["regime"] == "warm" and r["threads"] == 1 and r["M"] == max(x["M"] for x in lin)]
+    mem_names = {"gq static x86": "static", "gq dynamic per-token (torchao)": "per-token",
+                 "gq weight-only int8": "int8 weight-only", "gq weight-only int4 g128": "int4 g128 weight-only"}
+    mem = []
+    for k, n in sorted({(r["K"], r["N"]) for r in warm}):
+        row: dict[str, Any] = {"shape": f"{k}×{n}"}
+        for r in warm:
+            if (r["K"], r["N"]) == (k, n) and r["variant"] in mem_names:
+                row[mem_names[r["variant"]]] = r.get("resident_x_nk")
+        mem.append(row)
+    mem_cols = [("shape", "K×N"), *[(v, f"{v} ÷ N·K") for v in mem_names.values()]]
+    peaks = "; ".join(f"{t} thread(s) {float(p) / 1e12:.2f} Tops/s" for t, p in sec["measured_int8_peak_ops"].items())
+    m = doc["machine"]
+    parts = [f"{m['cpu']}, {m['cores']} cores at {m['mhz']:.0f} MHz (AVX512-VNNI), torch {m['torch']}, "
+             f"{doc['date'][:10]}; suite wall time {doc['seconds']:.0f} s; measured VPDPBUSD peak: {peaks}.", "",
+             common.markdown_table(linear_summary(lin), README_SUMMARY), "",
+             "M = 1 with cold weights (streamed from memory); floor = weight bytes / best copy bandwidth of "
+             "the same run:", "", common.markdown_table(cold_rows, cold_cols), "",
+             "Weight memory, measured (every tensor storage a layer holds after its calls):", "",
+             common.markdown_table(mem, mem_cols), "",
+             minilm.markdown(sec["minilm"], 214) if sec["minilm"] else "", "",
+             common.markdown_table(sec["digits"], DIGITS_COLUMNS)]
+    return "\n".join(parts) + "\n"
+
+
 def render(json_path: Path) -> Path:
     """The Markdown of a results JSON written by :func:`run` (tables only; nothing is timed again)."""
     doc = json.loads(json_path.read_text())
@@ -247,10 +302,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="glassquant's benchmark suite (make bench)")
     ap.add_argument("--quick", action="store_true", help="a < 60 s smoke run: one shape, 1 thread, fewer reps")
     ap.add_argument("--out", type=Path, default=common.RESULTS, help="results directory")
-    ap.add_argument("--render", type=Path, help="re-write the Markdown of an existing results JSON (no timing)")
+    ap.add_argument("--render", type=Path, help="re-write the Markdown of an existing results JSON and print the "
+                    "README tables (no timing)")
     args = ap.parse_args()
     if args.render is not None:
         print(f"written to {render(args.render)}")
+        print(readme_markdown(args.render))
         return
     json_path, md_path = run(Plan.make(args.quick), args.out)
     print(md_path.read_text())

@@ -70,6 +70,8 @@ def test_smallest_piece_of_the_suite(tmp_path: Path, keep_threads: None) -> None
                                               meta={"plan": asdict(suite.Plan.make(True)), "seconds": 1.0,
                                                     "notes": []})
     assert suite.render(json_path) == md_path and "### Summary" in md_path.read_text()
+    readme = suite.readme_markdown(json_path)
+    assert "| 1 | 128×128 | 1 |" in readme and "floor µs" in readme and "int4 g128 weight-only ÷ N·K" in readme
 
 
 def test_interleaved_timing_and_table_cells() -> None:

@@ -242,7 +242,9 @@ def linear_weight_only(x: Tensor, w_q: Tensor, w_scale: Tensor | float, bias: Te
     elif w_float.shape != w_q.t().shape or w_float.stride() != w_q.t().stride() or w_float.dtype != torch.float32:
         raise ValueError(f"{name}: w_float must be float32 {tuple(w_q.t().shape)} with strides {w_q.t().stride()}")
     m = torch.mm(x2, w_float)  # (M, K) @ (K, N) -> (M, N) float32
-    y = m * f32(as_column(w_scale, w_q.shape[0], torch.float32))  # (M, N) * (N,)
+    # in place on the fresh matmul output: the same float32 roundings as ``m * s`` then ``+ b``, without
+    # two more (M, N) allocations (their page faults cost as much as the multiply on this machine)
+    y = m.mul_(f32(as_column(w_scale, w_q.shape[0], torch.float32)))  # (M, N) * (N,)
     if bias is not None:
-        y = y + f32(bias)
+        y = y.add_(f32(bias))
     return y.reshape(*x.shape[:-1], w_q.shape[0])

@@ -211,7 +211,7 @@ class WeightOnlyLinear(QuantModule):
         x2 = x.to(torch.float32).reshape(-1, self.in_features)  # (M, K)
         y = x2 @ w.T  # (M, K) @ (K, N) -> (M, N) float32
         if self.bias is not None:
-            y = y + self.bias
+            y = y.add_(self.bias)  # in place: the same float32 sums as y + b, no second (M, N) tensor
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -484,7 +484,7 @@ class PackedWeightOnlyLinear(QuantModule):
         x2 = x.to(torch.float32).reshape(-1, self.in_features)  # (M, K)
         y = x2 @ w.T  # (M, K) @ (K, N) -> (M, N) float32
         if self.bias is not None:
-            y = y + self.bias
+            y = y.add_(self.bias)  # in place: the same float32 sums as y + b, no second (M, N) tensor
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
