@@ -13,8 +13,9 @@
  *       y[m,n] = sum_k x[m,k] * w[n,k]  (+ bias[n])
  *   scale after (mode 1, torchao's int8 weight-only, signed codes, one scale per row):
  *       y[m,n] = (sum_k x[m,k] * f32(code)) * scale[n]  (+ bias[n])
- * The sums are float32 in an order of this kernel's own (64 partial sums, then a tree), not the BLAS
- * library's: results agree with the reference within float32 summation error, not bit for bit.
+ * The sums are float32 in an order of this kernel's own (64 partial sums, or 32 when four input rows
+ * share one pass over the weight row, then a fixed tree), not the BLAS library's: results agree with
+ * the reference within float32 summation error, not bit for bit.
  * gq_wo_dequantize writes w exactly as the reference computes it (bit-identical; mode 0 only).
  *
  * Threads: OpenMP over output rows n, in the OpenMP runtime torch already loaded (torch's thread count).
@@ -136,6 +137,64 @@ static float dot(const float *a, const float *b, int64_t k) {
     return acc[0];
 }
 
+/* The dot products of four input rows with one weight row: the weight is loaded once for four
+   multiply-adds (one load per multiply-add was the bound of dot() for several rows). QUAD partial
+   sums per row, then the same fixed tree as dot(). */
+#define QUAD 32
+GQ_CLONES
+static void dot4(const float *x0, const float *x1, const float *x2, const float *x3, const float *w, int64_t k,
+                 float *out) {
+    float a0[QUAD], a1[QUAD], a2[QUAD], a3[QUAD];
+    memset(a0, 0, sizeof a0);
+    memset(a1, 0, sizeof a1);
+    memset(a2, 0, sizeof a2);
+    memset(a3, 0, sizeof a3);
+    int64_t j = 0;
+    for (; j + QUAD <= k; j += QUAD)
+        for (int l = 0; l < QUAD; l++) {
+            const float wv = w[j + l];
+            a0[l] += x0[j + l] * wv;
+            a1[l] += x1[j + l] * wv;
+            a2[l] += x2[j + l] * wv;
+            a3[l] += x3[j + l] * wv;
+        }
+    for (int l = 0; j < k; j++, l++) {
+        a0[l] += x0[j] * w[j];
+        a1[l] += x1[j] * w[j];
+        a2[l] += x2[j] * w[j];
+        a3[l] += x3[j] * w[j];
+    }
+    for (int width = QUAD / 2; width >= 1; width /= 2)
+        for (int l = 0; l < width; l++) {
+            a0[l] += a0[l + width];
+            a1[l] += a1[l + width];
+            a2[l] += a2[l + width];
+            a3[l] += a3[l + width];
+        }
+    out[0] = a0[0];
+    out[1] = a1[0];
+    out[2] = a2[0];
+    out[3] = a3[0];
+}
+
+/* y[i, r] for every input row i: four rows at a time, then one by one. */
+static void row_outputs(const float *x, int64_t m, int64_t ldx, const float *w, int64_t k, int64_t n, int64_t r,
+                        float scale, const float *bias, float *y) {
+    int64_t i = 0;
+    float v[4];
+    for (; i + 4 <= m; i += 4) {
+        dot4(x + i * ldx, x + (i + 1) * ldx, x + (i + 2) * ldx, x + (i + 3) * ldx, w, k, v);
+        for (int q = 0; q < 4; q++) {
+            const float t = v[q] * scale;
+            y[(i + q) * n + r] = bias ? t + bias[r] : t;
+        }
+    }
+    for (; i < m; i++) {
+        const float t = dot(x + i * ldx, w, k) * scale;
+        y[i * n + r] = bias ? t + bias[r] : t;
+    }
+}
+
 /* y (M, N) float32 from x (M, K) float32 (row stride ldx). Returns 0, or -1 when a buffer cannot be had. */
 int gq_wo_linear(const float *x, int64_t m, int64_t k, int64_t ldx, int64_t n, const uint8_t *codes, int64_t nbytes,
                  int bits, int mode, const float *scale, const uint8_t *zp, int64_t group, int64_t row_groups,
@@ -151,16 +210,10 @@ int gq_wo_linear(const float *x, int64_t m, int64_t k, int64_t ldx, int64_t n, c
             for (int64_t r = 0; r < n; r++) {
                 if (mode == 1) {
                     int8_row((const int8_t *)codes, r, k, w);
-                    for (int64_t i = 0; i < m; i++) {
-                        float v = dot(x + i * ldx, w, k) * scale[r];
-                        y[i * n + r] = bias ? v + bias[r] : v;
-                    }
+                    row_outputs(x, m, ldx, w, k, n, r, scale[r], bias, y);
                 } else {
                     dequant_row(codes, nbytes, bits, r, k, scale, zp, group, row_groups, w);
-                    for (int64_t i = 0; i < m; i++) {
-                        float v = dot(x + i * ldx, w, k);
-                        y[i * n + r] = bias ? v + bias[r] : v;
-                    }
+                    row_outputs(x, m, ldx, w, k, n, r, 1.0f, bias, y);
                 }
             }
             free(w);
