@@ -5,9 +5,10 @@ Two entry points, chosen by the number of rows M (:data:`GEMV_MAX_ROWS`):
 - **few rows** (decode, M <= 16): :func:`linear` streams the packed weight once, row by row,
   dequantizing each row into a K-float buffer and taking its dot product with every input
   row. The weight is read in its packed form (0.5 byte per int4 value, 1 per int8), never
-  expanded in memory. The float32 sums run in the kernel's own order (64 partial sums, then a
-  tree; 32 when four input rows share one pass over a weight row; FMA where the CPU has it): within float32 summation error of the reference (the BLAS
-  library's order), not bit-identical to it.
+  expanded in memory. The float32 sums run in the kernel's own order (64 partial sums, or 32
+  when four input rows share one pass over a weight row, then a fixed tree; FMA where the CPU
+  has it): within float32 summation error of the reference (the BLAS library's order), not
+  bit-identical to it.
 - **many rows**: :func:`dequantize` writes the float32 weight exactly as the reference computes
   it (``f32(code - zero_point) * scale``, bit-identical) into a reused per-thread buffer
   (:func:`scratch`), and the caller runs the reference's own matmul on it, so the result is
