@@ -28,13 +28,13 @@ Rules (``SlowPath.code``):
 - ``weight-only-dequantize``: a weight-only layer (``WeightOnlyLinear``, ``PackedWeightOnlyLinear``)
   on the CPU with more than :data:`WEIGHT_ONLY_FAST_M` rows: up to 16 rows the compiled kernel
   (``kernels/_wo.c``) streams the packed weight; beyond, the weight is expanded to float32 (one
-  compiled pass into a reused buffer) and multiplied in float32 — measured (1 thread, 4096 x 4096)
-  0.78x fp32 at M = 16, 0.88x (int4) and 0.82x (int8) at M = 512, against 1.98x (int4) and
-  1.62x (int8) at M = 1. Without the compiled kernel (no C compiler at install) every call
-  dequantizes in torch: 0.02x fp32 for int4 at M = 1.
+  compiled pass into a reused buffer) and multiplied in float32. Measured in ``make bench``
+  (1 thread, 4096 x 4096, warm): int4 1.93x / int8 1.79x fp32 at M = 1, 1.06x / 1.04x at M = 8,
+  0.77x / 0.74x at M = 64, 0.96x / 0.93x at M = 512. Without the compiled kernel (no C compiler
+  at install) every call dequantizes in torch: 0.02x fp32 for int4 at M = 1.
 - ``weight-only-unpack``: a ``PackedWeightOnlyLinear`` with 2, 3, 5, 6 or 7 bits: its codes are
-  decoded by shifts, not the nibble or byte loads of 4 and 8 bits (measured 0.35x fp32 for 3 bits
-  at M = 1, 4096 x 4096, against 1.98x for int4).
+  decoded by shifts, not the nibble or byte loads of 4 and 8 bits (3 bits measured 12.3 ms against
+  2.3 ms for int4 at M = 1, 4096 x 4096, one thread: 5x slower, and slower than fp32).
 - ``reference-path``: layers whose integers come from the exact reference, not a fast kernel:
   ``IntLinear`` (integer-only dialect), and fbgemm depthwise convolutions, emulated element by
   element in int64 when an input integer exceeds 127 (to reproduce fbgemm's int16 saturation).
@@ -251,12 +251,13 @@ def _layer_rules(name: str, layer: Any, rows: int, m_note: str, dtype: torch.dty
                 "reinstall glassquant with a C compiler present (pip install builds kernels/_wo.c)")
         elif rows > WEIGHT_ONLY_FAST_M:
             add("weight-only-dequantize", f"with M = {rows}{m_note} the weight is expanded to float32 and multiplied "
-                "in float32 (compute-bound): measured 0.78-0.88× fp32 for M >= 16, where the int8 weights save "
-                "memory but no time", "use w8a8-dynamic (per-token int8 activations, an int8 GEMM: measured "
-                "2.7-3.6× fp32 at M >= 64); keep weight-only for decode-sized M <= 8 and for memory")
+                "in float32 (compute-bound): measured 0.74-0.96× fp32 for M = 64-512 (4096 × 4096), where the "
+                "packed weights save memory but no time",
+                "use w8a8-dynamic (per-token int8 activations, an int8 GEMM: measured 3.1-5.4× fp32 at M >= 64 in "
+                "make bench); keep weight-only for decode-sized M <= 8 and for memory")
         if kind == "PackedWeightOnlyLinear" and layer.bits not in (4, 8):
             add("weight-only-unpack", f"{layer.bits}-bit codes are decoded by shifts, not the nibble or byte loads of "
-                "4 and 8 bits: measured 0.35× fp32 for 3 bits at M = 1 (4096 × 4096), against 1.98× for int4",
+                "4 and 8 bits: 3 bits measured 5× slower than int4 (and slower than fp32) at M = 1, 4096 × 4096",
                 "where the allocation allows, prefer 4- or 8-bit layers (glassquant allocate --bits 4,8)")
     if kind == "IntLinear":
         add("reference-path", "IntLinear computes its accumulators with the exact reference (float64/int64 "
