@@ -19,6 +19,10 @@ Claims and how they are checked:
 from __future__ import annotations
 
 import copy
+import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -177,3 +181,24 @@ def test_bad_grids_and_inputs() -> None:
     assert wo.linear(torch.zeros(0, 64), grid, None).shape == (0, 4)
     layer = PackedWeightOnlyLinear.from_float(nn.Linear(128, 8), bits=4, granularity="per_channel")
     assert torch.equal(group_rows(layer.codes(), layer.scheme).reshape(8, 128), layer.codes())
+
+
+@pytest.mark.needs_cc
+def test_kernel_sources_under_sanitizers(tmp_path: Path) -> None:
+    """``_wo.c`` with ASan + UBSan over every packed width and layout, code buffers of exactly the packed
+    size (a read past the stream aborts): the harness is tests/unit/data/wo_harness.c."""
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler on PATH")
+    kernel = Path(wo.__file__).with_name("_wo.c")
+    harness = Path(__file__).with_name("data") / "wo_harness.c"
+    exe = tmp_path / "harness"
+    build = subprocess.run([cc, "-std=gnu99", "-O1", "-g", "-fopenmp", "-Wall", "-Wextra", "-Werror",
+                            "-fsanitize=address,undefined", "-fno-sanitize-recover=all", str(kernel), str(harness),
+                            "-o", str(exe)], capture_output=True, text=True)
+    if build.returncode != 0 and "sanitize" in build.stderr:
+        pytest.skip(f"{cc} cannot build with sanitizers here: {build.stderr.strip()[:200]}")
+    assert build.returncode == 0, build.stderr
+    env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1", "OMP_NUM_THREADS": "2"}
+    run = subprocess.run([str(exe)], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]

@@ -203,21 +203,20 @@ int gq_wo_linear(const float *x, int64_t m, int64_t k, int64_t ldx, int64_t n, c
 #pragma omp parallel reduction(| : failed) if (n * k >= 65536)
     {
         float *w = (float *)malloc((size_t)k * sizeof(float));
-        if (w == NULL) {
-            failed = 1;
-        } else {
+        if (w == NULL) failed = 1;
+        /* every thread meets the worksharing loop (OpenMP requires it); one without a buffer idles */
 #pragma omp for schedule(static)
-            for (int64_t r = 0; r < n; r++) {
-                if (mode == 1) {
-                    int8_row((const int8_t *)codes, r, k, w);
-                    row_outputs(x, m, ldx, w, k, n, r, scale[r], bias, y);
-                } else {
-                    dequant_row(codes, nbytes, bits, r, k, scale, zp, group, row_groups, w);
-                    row_outputs(x, m, ldx, w, k, n, r, 1.0f, bias, y);
-                }
+        for (int64_t r = 0; r < n; r++) {
+            if (w == NULL) continue;
+            if (mode == 1) {
+                int8_row((const int8_t *)codes, r, k, w);
+                row_outputs(x, m, ldx, w, k, n, r, scale[r], bias, y);
+            } else {
+                dequant_row(codes, nbytes, bits, r, k, scale, zp, group, row_groups, w);
+                row_outputs(x, m, ldx, w, k, n, r, 1.0f, bias, y);
             }
-            free(w);
         }
+        free(w);
     }
     return failed ? -1 : 0;
 }

@@ -344,7 +344,8 @@ class _QuantConvNd(QuantModule):
                                                padding, dilation)):
             acc = fbgemm_depthwise_accumulate(x2, self.x_zero_point, w_q, self.w_zero_point, stride, padding)
             check_int32(acc, self.name)
-        elif (plan := self._vnni_plan(kernel_family) if fast and x2.device.type == "cpu" else None) is not None:
+        elif (plan := self._vnni_plan(kernel_family) if fast and x2.device.type == "cpu" and x2.numel() > 0
+              else None) is not None:
             # one compiled call on the im2col rows: the same integers (kernels/vnni.py, _vnni_epilogue.c)
             cols = vnni.im2col_u8(x2, self.x_zero_point, kernel, stride, padding, dilation)  # (N * OH * OW, K)
             acc = None
