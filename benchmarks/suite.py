@@ -273,8 +273,9 @@ def readme_markdown(json_path: Path) -> str:
     mem_cols = [("shape", "K×N"), *[(v, f"{v} ÷ N·K") for v in mem_names.values()]]
     peaks = "; ".join(f"{t} thread(s) {float(p) / 1e12:.2f} Tops/s" for t, p in sec["measured_int8_peak_ops"].items())
     m = doc["machine"]
-    parts = [f"{m['cpu']}, {m['cores']} cores at {m['mhz']:.0f} MHz (AVX512-VNNI), torch {m['torch']}, "
-             f"{doc['date'][:10]}; suite wall time {doc['seconds']:.0f} s; measured VPDPBUSD peak: {peaks}.", "",
+    parts = [f"{m['cpu']}, {m['cores']} cores at {m['mhz']:.0f} MHz, flags {', '.join(m['flags'])}; torch {m['torch']} "
+             f"({m['cpu_capability']}); {doc['date'][:10]}; suite wall time {doc['seconds']:.0f} s; measured VPDPBUSD "
+             f"peak: {peaks}.", "",
              common.markdown_table(linear_summary(lin), README_SUMMARY), "",
              "M = 1 with cold weights (streamed from memory); floor = weight bytes / best copy bandwidth of "
              "the same run:", "", common.markdown_table(cold_rows, cold_cols), "",
