@@ -357,7 +357,8 @@ def test_padding_with_integer_zero_is_caught(engine: str, monkeypatch: pytest.Mo
 
 @pytest.mark.skipif(not vnni.available(), reason="the compiled VNNI library is not built or the CPU lacks VNNI")
 def test_compiled_im2col_equals_im2col() -> None:
-    """``vnni.im2col_u8`` (the compiled conv path's gather) == ``conv.im2col`` for one group: strides,
+    """``vnni.im2col_u8`` (the compiled conv path's gather, channels last) == ``conv.im2col`` for one group
+    with its columns reordered from (c, i, j) to (i, j, c): strides,
     paddings (read as the zero point), dilations, non-square kernels and inputs, 1x1 kernels."""
     g = torch.Generator().manual_seed(9)
     geometries = [((2, 3, 9, 7), (3, 3), (1, 1), (1, 1), (1, 1)), ((1, 4, 8, 8), (3, 2), (2, 1), (2, 0), (1, 2)),
@@ -366,7 +367,8 @@ def test_compiled_im2col_equals_im2col() -> None:
     for shape, kernel, stride, padding, dilation in geometries:
         x = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
         for zp in (0, 37, 255):
-            ref = conv.im2col(x, zp, kernel, stride, padding, dilation, 1)[0]
+            ref = conv.im2col(x, zp, kernel, stride, padding, dilation, 1)[0]  # columns (c, i, j)
+            ref = ref.reshape(ref.shape[0], shape[1], kernel[0] * kernel[1]).transpose(1, 2).reshape(ref.shape)
             assert torch.equal(vnni.im2col_u8(x, zp, kernel, stride, padding, dilation), ref), (shape, kernel, zp)
 
 

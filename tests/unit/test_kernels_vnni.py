@@ -452,3 +452,29 @@ def test_static_layers_name_non_finite_inputs() -> None:
     x[1, 3] = float("nan")
     with pytest.raises(ValueError, match="input"):
         lin.quantize_input(x)
+
+
+@pytest.mark.needs_cc
+def test_im2col_under_sanitizers(tmp_path: Path) -> None:
+    """``gq_im2col_u8`` built with ASan + UBSan, 400 random geometries (strides, paddings, dilations,
+    1-40 channels), exact-size buffers, every byte checked against the definition in C:
+    tests/unit/data/im2col_harness.c."""
+    import os
+    import shutil
+
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler on PATH")
+    kernels = Path(vnni.__file__).parent
+    sources = [str(kernels / f"{name}.c") for name in ("_vnni", "_vnni_quant", "_vnni_gemm", "_vnni_epilogue")]
+    exe = tmp_path / "im2col"
+    build = subprocess.run([cc, "-std=c99", "-O1", "-g", "-fopenmp", "-Wall", "-Wextra", "-Werror",
+                            "-fsanitize=address,undefined", "-fno-sanitize-recover=all", *sources,
+                            str(Path(__file__).with_name("data") / "im2col_harness.c"), "-lm", "-o", str(exe)],
+                           capture_output=True, text=True)
+    if build.returncode != 0 and "sanitize" in build.stderr:
+        pytest.skip(f"{cc} cannot build with sanitizers here: {build.stderr.strip()[:200]}")
+    assert build.returncode == 0, build.stderr
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1"})
+    assert run.returncode == 0 and run.stdout.strip() == "ok", (run.stdout, run.stderr[-2000:])

@@ -302,32 +302,60 @@ int gq_vnni_quantize_u8(const float *x, int64_t n, uint8_t *u, float scale, int3
 #endif
 }
 
-/* im2col of one group for the convolution path (glassquant.nn.conv.im2col with groups = 1, exact):
- * out[(b, y, x), (c, i, j)] = x_pad[b, c, y * sh + i * dh, x * sw + j * dw], the padding reading as
- * the zero point; x uint8 (N, C, H, W) contiguous, out uint8 (N * OH * OW, C * kH * kW). Plain C
- * (no VNNI needed), rows in parallel for large outputs. */
-void gq_im2col_u8(const uint8_t *x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw,
+/* im2col of one group for the convolution path, channels last: x uint8 (N, H, W, C) contiguous, out uint8
+ * (N * OH * OW, kH * kW * C) with out[(b, y, x), (i, j, c)] = x_pad[b, y * sh + i * dh, x * sw + j * dw, c],
+ * the padding reading as the zero point. The (i, j, c) column order matches a weight permuted to
+ * (C_out, kH, kW, C) (nn/conv.py); each tap is one copy of C bytes, or of kW * C bytes when a row of taps
+ * lies inside the image with dilation 1. Exact (a gather); rows in parallel for large outputs. */
+/* n bytes from src to dst: a plain loop for the few-byte copies of small C (a call to memcpy per tap
+ * costs more than the copy there), memcpy beyond */
+static inline void copy_small(uint8_t *dst, const uint8_t *src, int64_t n) {
+    if (n > 32) {
+        memcpy(dst, src, (size_t)n);
+        return;
+    }
+    for (int64_t l = 0; l < n; ++l) dst[l] = src[l];
+}
+
+static inline void fill_small(uint8_t *dst, uint8_t v, int64_t n) {
+    if (n > 32) {
+        memset(dst, v, (size_t)n);
+        return;
+    }
+    for (int64_t l = 0; l < n; ++l) dst[l] = v;
+}
+
+void gq_im2col_u8(const uint8_t *x, int64_t n, int64_t h, int64_t w, int64_t c, int64_t kh, int64_t kw,
                   int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int32_t zero_point,
                   int64_t oh, int64_t ow, uint8_t *out) {
-    const int64_t kdim = c * kh * kw;
+    const int64_t kdim = kh * kw * c;
     const uint8_t zp = (uint8_t)zero_point;
 #pragma omp parallel for schedule(static) if (n * oh * ow * kdim >= GQ_PARALLEL_MIN_ACT)
     for (int64_t r = 0; r < n * oh; ++r) {
         const int64_t b = r / oh, y = r % oh;
         for (int64_t xo = 0; xo < ow; ++xo) {
             uint8_t *o = out + (r * ow + xo) * kdim;
-            for (int64_t ci = 0; ci < c; ++ci) {
-                const uint8_t *plane = x + (b * c + ci) * h * w;
-                for (int64_t i = 0; i < kh; ++i) {
-                    const int64_t ih = y * sh - ph + i * dh;
-                    if (ih < 0 || ih >= h) {
-                        memset(o, zp, (size_t)kw);
-                        o += kw;
-                        continue;
-                    }
-                    for (int64_t j = 0; j < kw; ++j) {
-                        const int64_t iw = xo * sw - pw + j * dw;
-                        *o++ = (iw < 0 || iw >= w) ? zp : plane[ih * w + iw];
+            const int64_t iw0 = xo * sw - pw;
+            const int inside_w = dw == 1 && iw0 >= 0 && iw0 + kw <= w;
+            for (int64_t i = 0; i < kh; ++i) {
+                const int64_t ih = y * sh - ph + i * dh;
+                if (ih < 0 || ih >= h) {
+                    fill_small(o, zp, kw * c);
+                    o += kw * c;
+                    continue;
+                }
+                const uint8_t *row = x + (b * h + ih) * w * c;
+                if (inside_w) {
+                    copy_small(o, row + iw0 * c, kw * c);
+                    o += kw * c;
+                    continue;
+                }
+                for (int64_t j = 0; j < kw; ++j, o += c) {
+                    const int64_t iw = iw0 + j * dw;
+                    if (iw < 0 || iw >= w) {
+                        fill_small(o, zp, c);
+                    } else {
+                        copy_small(o, row + iw * c, c);
                     }
                 }
             }

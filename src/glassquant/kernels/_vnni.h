@@ -77,7 +77,7 @@ int gq_vnni_run(const gq_linear *plan, const void *x, int64_t m, int64_t ldx, vo
                 int64_t work_bytes, int32_t act, int32_t out, int32_t threads, int32_t kernel);
 double gq_vnni_peak_ops(int64_t iters, int32_t threads);
 int gq_vnni_quantize_u8(const float *x, int64_t n, uint8_t *u, float scale, int32_t zero_point);
-void gq_im2col_u8(const uint8_t *x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw,
+void gq_im2col_u8(const uint8_t *x, int64_t n, int64_t h, int64_t w, int64_t c, int64_t kh, int64_t kw,
                   int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int32_t zero_point,
                   int64_t oh, int64_t ow, uint8_t *out);
 void gq_vnni_choose_qparams_u8(float x_min, float x_max, int32_t qmin, int32_t qmax, int32_t reduce_range,

@@ -319,19 +319,21 @@ def quantize_u8(x: Tensor, scale: float, zero_point: int) -> Tensor | None:
 
 def im2col_u8(x_q: Tensor, zero_point: int, kernel: tuple[int, int], stride: tuple[int, int],
               padding: tuple[int, int], dilation: tuple[int, int]) -> Tensor:
-    """``nn.conv.im2col(...)[0]`` for one group, compiled (``gq_im2col_u8``): uint8 (N, C, H, W) ->
-    uint8 (N * OH * OW, C * kH * kW), padding read as ``zero_point``. Exact (a gather)."""
+    """Patches of a uint8 (N, C, H, W) input, channels last (``gq_im2col_u8``): uint8 (N * OH * OW,
+    kH * kW * C), column ``(i, j, c)`` = ``x_pad[n, c, oh * sh + i * dh, ow * sw + j * dw]``, the padding
+    read as ``zero_point``. ``nn.conv.im2col(...)[0]`` with its ``(c, i, j)`` columns reordered to
+    ``(i, j, c)`` (a weight permuted to (C_out, kH, kW, C) multiplies it). Exact (a gather)."""
     assert _LIB is not None, "glassquant: the VNNI library is not built"
     if x_q.dtype != torch.uint8 or x_q.dim() != 4 or x_q.device.type != "cpu":
         raise ValueError(f"vnni.im2col_u8: expected a CPU uint8 (N, C, H, W) tensor, got {x_q.dtype} "
                          f"{tuple(x_q.shape)}")
-    x = x_q.contiguous()
-    n, c, h, w = x.shape
+    n, c, h, w = x_q.shape
+    x = x_q.permute(0, 2, 3, 1).contiguous()  # (N, H, W, C)
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
     oh, ow = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    out = torch.empty((n * oh * ow, c * kh * kw), dtype=torch.uint8)
+    out = torch.empty((n * oh * ow, kh * kw * c), dtype=torch.uint8)
     if out.numel():
-        _LIB.gq_im2col_u8(x.data_ptr(), n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, int(zero_point), oh, ow,
+        _LIB.gq_im2col_u8(x.data_ptr(), n, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, int(zero_point), oh, ow,
                           out.data_ptr())
     return out
 

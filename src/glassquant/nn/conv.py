@@ -381,7 +381,10 @@ class _QuantConvNd(QuantModule):
     def _build_vnni_plan(self, kernel_family: str) -> vnni.Plan | None:
         if self.w_q.device.type != "cpu" or self.accumulator_bound > INT32_MAX:
             return None
-        w2 = self.w_q.reshape(self.out_channels, -1)  # (C_out, C_in * kH * kW), a view: im2col's tap order
+        # (C_out, kH * kW * C_in): the channels-last column order of vnni.im2col_u8 -- a reordered copy of the
+        # weight (C_out * K bytes) that the plan holds, the only extra memory of the compiled conv path
+        w_q, _, _, _, _ = self._as_2d()
+        w2 = w_q.permute(0, 2, 3, 1).reshape(self.out_channels, -1).contiguous()
         if kernel_family == "fbgemm":
             return vnni.plan_static(w2, self.w_scale, self.w_zero_point, self.bias, self.x_scale,
                                     self.x_zero_point, self.y_scale, self.y_zero_point, self.relu)
