@@ -10,7 +10,8 @@ uint8 bitstreams (``kernels.int4.pack_bits``): the layer stores exactly
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -145,6 +146,37 @@ def quantize_weight_packed(weight: Tensor, bits: int, granularity: str, group_si
     return codes, scale.reshape(shape), zero_point.to(torch.uint8).reshape(shape)
 
 
+def weight_only_forward(layer: Any, x: Tensor,
+                        expanded: Callable[[Tensor, wo_kernels.Grid | None], Tensor] | None = None) -> Tensor:
+    """The float forward of the weight-only layers (``PackedWeightOnlyLinear``, ``WeightOnlyLinear``).
+
+    Checks the input (float, K features, finite: errors name the layer); up to
+    ``kernels.weight_only.GEMV_MAX_ROWS`` rows of a CPU float32 input the compiled kernel streams the
+    packed weight (within float32 summation error of the reference). Otherwise ``expanded(x, grid)``
+    when given (``WeightOnlyLinear``'s int8: torchao's order, scale after the sum), else the reference:
+    ``W = layer.dequantize_weight()`` (the compiled expansion into a reused buffer gives the same
+    floats), ``y = x @ W.T``, ``y += b``. ``layer``: ``in_features``, ``out_features``, ``bias``,
+    ``name``, ``dequantize_weight()`` and ``_kernel_grid()``. Returns float32 (..., N).
+    """
+    k, n = layer.in_features, layer.out_features
+    if x.shape[-1:] != (k,):
+        raise ValueError(f"{layer.name}: input has {x.shape[-1] if x.dim() else 0} features, layer expects {k}")
+    if not x.is_floating_point():
+        raise TypeError(f"{layer.name}: input must be a float tensor, got {x.dtype}")
+    check_finite(x, f"{layer.name}: input")
+    grid = layer._kernel_grid() if wo_kernels.usable(x) else None
+    if grid is not None and x.numel() // max(1, k) <= wo_kernels.GEMV_MAX_ROWS:  # stream (kernels/_wo.c)
+        return wo_kernels.linear(x.reshape(-1, k), grid, layer.bias).reshape(*x.shape[:-1], n)
+    if expanded is not None:
+        return expanded(x, grid)
+    # (N, K) float32; the compiled expansion is bit-identical to dequantize_weight()
+    w = layer.dequantize_weight() if grid is None else wo_kernels.dequantize(grid, wo_kernels.scratch(n, k))
+    y = x.to(torch.float32).reshape(-1, k) @ w.T  # (M, K) @ (K, N) -> (M, N) float32
+    if layer.bias is not None:
+        y = y.add_(layer.bias)  # in place: the same float32 sums as y + b, no second (M, N) tensor
+    return y.reshape(*x.shape[:-1], n)
+
+
 @register
 class PackedWeightOnlyLinear(QuantModule):
     """Linear with b-bit weights (2 <= b <= 8) packed densely, float32 activations: ``y = x @ W.T + b``.
@@ -249,25 +281,7 @@ class PackedWeightOnlyLinear(QuantModule):
         return w.reshape(self.out_features, self.in_features)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-1:] != (self.in_features,):
-            raise ValueError(f"{self.name}: input has {x.shape[-1] if x.dim() else 0} features, "
-                             f"layer expects {self.in_features}")
-        if not x.is_floating_point():
-            raise TypeError(f"{self.name}: input must be a float tensor, got {x.dtype}")
-        check_finite(x, f"{self.name}: input")
-        grid = self._kernel_grid() if wo_kernels.usable(x) else None
-        rows = x.numel() // max(1, self.in_features)
-        if grid is not None and rows <= wo_kernels.GEMV_MAX_ROWS:  # stream the packed weight (kernels/_wo.c)
-            y = wo_kernels.linear(x.reshape(-1, self.in_features), grid, self.bias)
-            return y.reshape(*x.shape[:-1], self.out_features)
-        # (N, K) float32; the compiled expansion is bit-identical to dequantize_weight()
-        w = self.dequantize_weight() if grid is None else wo_kernels.dequantize(
-            grid, wo_kernels.scratch(self.out_features, self.in_features))
-        x2 = x.to(torch.float32).reshape(-1, self.in_features)  # (M, K)
-        y = x2 @ w.T  # (M, K) @ (K, N) -> (M, N) float32
-        if self.bias is not None:
-            y = y.add_(self.bias)  # in place: the same float32 sums as y + b, no second (M, N) tensor
-        return y.reshape(*x.shape[:-1], self.out_features)
+        return weight_only_forward(self, x)
 
     def extra_repr(self) -> str:
         g = f", group_size={self.group_size}" if self.group_size else ""

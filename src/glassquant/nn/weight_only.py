@@ -36,7 +36,7 @@ from ..kernels.int4 import pack_int4, unpack_int4
 from ..qparams import choose_qparams, observe_range
 from ..scheme import QScheme
 from .base import QuantModule, register
-from .packed import INT4_GROUP_SIZES
+from .packed import INT4_GROUP_SIZES, weight_only_forward
 
 #: int8 weights: symmetric, one scale per output channel (torchao's Int8WeightOnlyConfig).
 INT8_PER_ROW = QScheme(bits=8, signed=True, symmetric=True, axis=0)
@@ -185,29 +185,15 @@ class WeightOnlyLinear(QuantModule):
         return dequantize(q, self.w_scale, self.w_zero_point.to(torch.int32), int4_scheme(self.group_size))
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-1:] != (self.in_features,):
-            raise ValueError(f"{self.name}: input has {x.shape[-1] if x.dim() else 0} features, "
-                             f"layer expects {self.in_features}")
-        if not x.is_floating_point():
-            raise TypeError(f"{self.name}: input must be a float tensor, got {x.dtype}")
-        check_finite(x, f"{self.name}: input")
-        grid = self._kernel_grid() if wo_kernels.usable(x) else None
-        rows = x.numel() // max(1, self.in_features)
-        if grid is not None and rows <= wo_kernels.GEMV_MAX_ROWS:  # stream the packed weight (kernels/_wo.c)
-            y = wo_kernels.linear(x.reshape(-1, self.in_features), grid, self.bias)
-            return y.reshape(*x.shape[:-1], self.out_features)
-        n, k = self.out_features, self.in_features
-        if self.bits == 8:  # torchao's float32 conversion, into the reused buffer when the kernels are built
-            w_float = None if grid is None else wo_kernels.scratch(n, k).copy_(self.w_q).t()
-            return torchao.linear_weight_only(x, self.w_q, self.w_scale.reshape(-1), self.bias, self.name,
-                                              w_float=w_float)
-        # (N, K) float32; the compiled expansion is bit-identical to dequantize_weight()
-        w = self.dequantize_weight() if grid is None else wo_kernels.dequantize(grid, wo_kernels.scratch(n, k))
-        x2 = x.to(torch.float32).reshape(-1, self.in_features)  # (M, K)
-        y = x2 @ w.T  # (M, K) @ (K, N) -> (M, N) float32
-        if self.bias is not None:
-            y = y.add_(self.bias)  # in place: the same float32 sums as y + b, no second (M, N) tensor
-        return y.reshape(*x.shape[:-1], self.out_features)
+        return weight_only_forward(self, x, self._int8_forward if self.bits == 8 else None)
+
+    def _int8_forward(self, x: Tensor, grid: wo_kernels.Grid | None) -> Tensor:
+        """int8 beyond the streaming kernel: torchao's order (``x @ f32(w).T``, then ``* s``, ``+ b``); the
+        float32 conversion goes into the reused buffer when the kernels are built."""
+        w_float = None if grid is None else wo_kernels.scratch(self.out_features, self.in_features).copy_(
+            self.w_q).t()
+        return torchao.linear_weight_only(x, self.w_q, self.w_scale.reshape(-1), self.bias, self.name,
+                                          w_float=w_float)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
