@@ -52,8 +52,9 @@ import torch
 from torch import Tensor, nn
 
 from .affine import dequantize, expand_param
+from .convert import run_batches  # one rule for feeding batches to a model
 from .errors import check_finite
-from .gptq import HessianAccumulator, _run_default  # one rule for feeding a batch to a model
+from .gptq import HessianAccumulator
 from .qparams import choose_qparams, observe_range
 from .scheme import QScheme
 
@@ -318,16 +319,7 @@ def collect_grams(model: nn.Module, batches: Iterable[Any], run: Callable[[nn.Mo
     accs = {n: HessianAccumulator(m.weight[0].numel(), f"layer {n!r}") for n, m in layers.items()}
     handles = [m.register_forward_pre_hook(lambda mod, a, n=n: accs[n].add(layer_rows(mod, a[0], n)))
                for n, m in layers.items()]
-    runner, seen = run or _run_default, 0
-    try:
-        with torch.no_grad():
-            for b in batches:
-                runner(model, b)
-                seen += 1
-    finally:
-        for hd in handles:
-            hd.remove()
-    if seen == 0:
+    if run_batches(model, batches, handles, run=run) == 0:
         raise ValueError("AdaRound needs calibration data: batches is empty")
     return {n: acc.hessian() / 2.0 for n, acc in accs.items()}
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,7 +124,10 @@ def _batches(calibration: Iterable[Any] | None) -> list[Any]:
     return batches
 
 
-def _run(model: nn.Module, batch: Any) -> None:
+def run_batch(model: nn.Module, batch: Any) -> None:
+    """Feed one calibration batch to ``model``: ``model(**batch)`` for a dict, ``model(*batch)`` for a
+    tuple or list, else ``model(batch)`` (the rule of every calibration pass: observers, GPTQ, AdaRound,
+    QAT)."""
     if isinstance(batch, dict):
         model(**batch)
     elif isinstance(batch, (tuple, list)):
@@ -172,18 +175,24 @@ def _selected(name: str, module: nn.Module, types: tuple[type[nn.Module], ...],
     return None
 
 
-def _run_with_hooks(model: nn.Module, batches: list[Any], handles: list[Any], progress: bool | None,
-                    description: str) -> None:
-    """Run the model on every batch (no grad, progress bar), then remove the hooks in ``handles``."""
+def run_batches(model: nn.Module, batches: Iterable[Any], handles: Sequence[Any] = (), *,
+                run: Callable[[nn.Module, Any], Any] | None = None, progress: bool | None = False,
+                description: str = "calibration") -> int:
+    """Run the model on every batch (``run``, default :func:`run_batch`; no grad; a progress bar when
+    ``progress``), then remove the hooks in ``handles`` (also on error). Returns the number of batches
+    (the caller decides whether 0 is an error)."""
+    seen = 0
     try:
         with torch.no_grad(), _progress(progress) as bar:
-            task = bar.add_task(description, total=len(batches))
+            task = bar.add_task(description, total=len(batches) if isinstance(batches, Sized) else None)
             for b in batches:
-                _run(model, b)
+                (run or run_batch)(model, b)
+                seen += 1
                 bar.advance(task)
     finally:
         for h in handles:
             h.remove()
+    return seen
 
 
 def calibrate(model: nn.Module, layers: dict[str, nn.Module], relu_of: dict[str, str], batches: list[Any],
@@ -199,7 +208,7 @@ def calibrate(model: nn.Module, layers: dict[str, nn.Module], relu_of: dict[str,
         handles.append(layer.register_forward_pre_hook(lambda m, a, o=obs_in: o.update(a[0].detach())))
         out_mod = model.get_submodule(relu_of[n]) if n in relu_of else layer
         handles.append(out_mod.register_forward_hook(lambda m, a, y, o=obs_out: o.update(y.detach())))
-    _run_with_hooks(model, batches, handles, progress, f"calibrating {len(layers)} layers")
+    run_batches(model, batches, handles, progress=progress, description=f"calibrating {len(layers)} layers")
     for n, (obs_in, _) in observers.items():
         if obs_in.batches == 0:
             raise ValueError(f"layer {n!r} was never called on the calibration data")
@@ -245,7 +254,7 @@ def _gptq_hessians(model: nn.Module, layers: dict[str, nn.Module], calibration: 
             if isinstance(m, nn.Linear)}
     handles = [layers[n].register_forward_pre_hook(lambda mod, a, acc=acc: acc.add(a[0].detach()))
                for n, acc in accs.items()]
-    _run_with_hooks(model, batches, handles, progress, f"GPTQ statistics for {len(accs)} layers")
+    run_batches(model, batches, handles, progress=progress, description=f"GPTQ statistics for {len(accs)} layers")
     return accs
 
 

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from .affine import dequantize, quantize
+from .convert import run_batches
 from .errors import check_finite
 from .kernels.int4 import pack_int4
 from .nn.weight_only import WeightOnlyLinear, int4_scheme, quantize_int4_groupwise
@@ -248,15 +249,6 @@ def quantize_linear_gptq(linear: nn.Linear, hessian: Tensor, bits: int = 4, grou
                             group_size=group_size, name=name)
 
 
-def _run_default(model: nn.Module, batch: Any) -> None:
-    if isinstance(batch, dict):
-        model(**batch)
-    elif isinstance(batch, (tuple, list)):
-        model(*batch)
-    else:
-        model(batch)
-
-
 def gptq_model(model: nn.Module, batches: Iterable[Any], run: Callable[[nn.Module, Any], Any] | None = None,
                bits: int = 4, group_size: int = 128, include: Sequence[str] | None = None, *,
                block_size: int = 128, act_order: bool = False, percdamp: float = PERCDAMP,
@@ -276,17 +268,7 @@ def gptq_model(model: nn.Module, batches: Iterable[Any], run: Callable[[nn.Modul
                          + ("" if include is None else f" matching {list(include)}"))
     accs = {n: HessianAccumulator(m.in_features, f"layer {n!r}") for n, m in layers.items()}
     handles = [m.register_forward_pre_hook(lambda mod, args, a=accs[n]: a.add(args[0])) for n, m in layers.items()]
-    runner = run or _run_default
-    try:
-        with torch.no_grad():
-            seen = 0
-            for b in batches:
-                runner(model, b)
-                seen += 1
-    finally:
-        for hd in handles:
-            hd.remove()
-    if seen == 0:
+    if run_batches(model, batches, handles, run=run) == 0:
         raise ValueError("GPTQ needs calibration data: batches is empty")
     out: dict[str, WeightOnlyLinear] = {}
     for n, m in layers.items():

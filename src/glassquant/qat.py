@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from .affine import expand_param
+from .convert import run_batches
 from .observers import MinMaxObserver
 from .qparams import SCALE_EPS, choose_qparams, observe_range
 from .scheme import QScheme
@@ -262,15 +263,6 @@ def _share_consecutive(model: nn.Module) -> None:
                 prev = None
 
 
-def _run(model: nn.Module, batch: Any) -> None:
-    if isinstance(batch, dict):
-        model(**batch)
-    elif isinstance(batch, (tuple, list)):
-        model(*batch)
-    else:
-        model(batch)
-
-
 def prepare_qat(model: nn.Module, weight_bits: int = 3, act_bits: int = 8, *,
                 calibration: Iterable[Any] | None = None, weight: QScheme | None = None,
                 activation: QScheme | None = None, weight_init: str = "mse") -> nn.Module:
@@ -307,9 +299,7 @@ def prepare_qat(model: nn.Module, weight_bits: int = 3, act_bits: int = 8, *,
         m.input_fq.start_calibration()
         m.output_fq.start_calibration()
     model.eval()
-    with torch.no_grad():
-        for b in calibration:
-            _run(model, b)
+    run_batches(model, calibration)
     for m in layers:
         m.output_fq.finish_calibration()
         if not m.input_shared:
