@@ -50,26 +50,16 @@ def make_cnn() -> nn.Sequential:
 
 
 def train_cnn(data: Digits, epochs: int = EPOCHS) -> nn.Sequential:
-    """Adam, cross-entropy, fixed seeds and batch order, one thread: the same weights on every run.
-    Returns the model in eval mode (BatchNorm uses its running statistics)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(SEED)
-        model = make_cnn()
-        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-        g = torch.Generator().manual_seed(SEED)
-        x, y = as_images(data.x_train), data.y_train
-        for _ in range(epochs):
-            order = torch.randperm(len(x), generator=g)
-            for i in range(0, len(x), BATCH):
-                idx = order[i:i + BATCH]
-                opt.zero_grad()
-                nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-                opt.step()
-    finally:
-        torch.set_num_threads(threads)
-    return model.eval()
+    """Adam (lr 3e-3), cross-entropy, fixed seeds and batch order, one thread: the same weights on every
+    run (``qat.train_classifier``, after seeding the initial weights). Returns the model in eval mode
+    (BatchNorm uses its running statistics)."""
+    from ..qat import train_classifier
+
+    torch.manual_seed(SEED)
+    model = make_cnn()
+    train_classifier(model, as_images(data.x_train), data.y_train, epochs=epochs, lr=3e-3, batch_size=BATCH,
+                     seed=SEED)
+    return model
 
 
 def digits_cnn(data: Digits | None = None) -> nn.Sequential:
