@@ -73,3 +73,22 @@ def worst_case_accumulator(w_q: Tensor, w_zero_point: Tensor | int, x_qmin: int,
     zw = as_column(w_zero_point, n, torch.int64).reshape(n, 1)
     wd = (w_q.to(torch.int64) - zw).abs().sum(dim=1)  # (N,)
     return wd * max(abs(x_qmin - x_zero_point), abs(x_qmax - x_zero_point))
+
+
+def scaled_float_output(acc: Tensor, x_scale: float, w_scale: Tensor | float, bias: Tensor | None,
+                        relu: bool = False) -> Tensor:
+    """Float output of a dynamic Linear whose runtime multiplies by one float32 scale product:
+    ``y = f32(f32(acc) * f32(f32(sx) * f32(sw[n])))``, then ``y = f32(y + f32(b))`` with a bias,
+    then ``max(y, 0)`` with a fused ReLU (``clamp_min``, keeping -0.0).
+
+    Numerics: acc int64 (M, N) holding int32 values (Cast to float32 is exact below 2**24); one
+    float32 rounding per operation, no FMA. The rule of qnnpack's and ONNX Runtime's dynamic
+    Linear (each dialect states it as its own). Returns float32 (M, N).
+    """
+    from ..floatops import f32
+
+    sw = f32(as_column(w_scale, acc.shape[-1], torch.float64))  # (N,) float32, as given
+    y = f32(acc) * (f32(x_scale) * sw)  # (M, N) float32
+    if bias is not None:
+        y = y + f32(bias)
+    return y.clamp_min(0.0) if relu else y

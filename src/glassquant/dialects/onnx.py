@@ -31,7 +31,7 @@ from torch import Tensor
 from ..errors import check_finite
 from ..floatops import f32
 from ..scheme import QScheme
-from ._base import INT32_MAX, INT32_MIN, accumulate, as_column, check_int32
+from ._base import INT32_MAX, INT32_MIN, accumulate, as_column, check_int32, scaled_float_output
 from .pytorch import qrange, tensor_range
 
 NAME = "onnx"
@@ -264,11 +264,7 @@ def dynamic_output(acc: Tensor, x_scale: float, w_scale: Tensor | float, bias: T
     scales, Add of the float32 bias: three roundings, no FMA; ``relu`` applies ``max(y, 0)``.
     Returns float32 (M, N).
     """
-    sw = f32(as_column(w_scale, acc.shape[-1], torch.float64))
-    y = f32(acc) * (f32(x_scale) * sw)  # (M, N) float32
-    if bias is not None:
-        y = y + f32(bias)
-    return y.clamp_min(0.0) if relu else y
+    return scaled_float_output(acc, x_scale, w_scale, bias, relu)
 
 
 def linear_dynamic(x: Tensor, w_q: Tensor, w_scale: Tensor | float, w_zero_point: Tensor | int,

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..floatops import f32
-from ._base import accumulate, as_column, check_int32
+from ._base import accumulate, as_column, check_int32, scaled_float_output
 from .pytorch import choose_qparams, qrange, quantize, tensor_range
 
 NAME = "qnnpack"
@@ -76,12 +76,9 @@ def linear(x_q: Tensor, x_scale: float, x_zero_point: int, w_q: Tensor, w_scale:
 
 def dynamic_output(acc: Tensor, x_scale: float, w_scale: Tensor | float, bias: Tensor | None,
                    relu: bool = False) -> Tensor:
-    """Float32 output of the dynamic Linear: ``f32(acc) * f32(sx*sw)``, then ``+ b``."""
-    sw = f32(as_column(w_scale, acc.shape[-1], torch.float64))
-    y = f32(acc) * (f32(x_scale) * sw)
-    if bias is not None:
-        y = y + f32(bias)
-    return y.clamp_min(0.0) if relu else y
+    """Float32 output of the dynamic Linear: ``f32(acc) * f32(sx*sw)``, then ``+ b``
+    (``_base.scaled_float_output``)."""
+    return scaled_float_output(acc, x_scale, w_scale, bias, relu)
 
 
 def linear_dynamic(x: Tensor, w_q: Tensor, w_scale: Tensor | float, w_zero_point: Tensor | int,
