@@ -241,3 +241,16 @@ def dynamic_suite(engine: str, dialect, per_channel: bool, seed: int = 0):
         w_arg = w_scale if per_channel else float(w_scale)
         got = dialect.linear_dynamic(x, w_q, w_arg, w_zp, bias, reduce_range=reduce_range)
         yield ref, got, (x, w_q, w_scale, w_zp, bias, reduce_range)
+
+
+def int32_edges() -> list[int]:
+    """±2**k ± {0, 1, 2} for k in 0..31, clipped to int32, plus 0 and the int32 limits: the values where
+    fixed-point shifts, roundings and saturations change behaviour."""
+    lo, hi = -(2**31), 2**31 - 1
+    vals = {0, lo, hi}
+    for k in range(32):
+        for d in (-2, -1, 0, 1, 2):
+            for v in (2**k + d, -(2**k) + d):
+                if lo <= v <= hi:
+                    vals.add(v)
+    return sorted(vals)

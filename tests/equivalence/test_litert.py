@@ -32,6 +32,8 @@ from glassquant.fixedpoint import (
 )
 from glassquant.interop import litert
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 KERNELS = ("xnnpack", "reference", "optimized")
 F32 = np.float32
 #: the five requantization families; the adversarial search favours telling these apart
@@ -160,14 +162,6 @@ def fc_case(g: torch.Generator, kind: str, per_channel: bool, m: int, k: int, n:
 FC_SUITE = [("random", 160, 300, 256), ("pow2", 80, 200, 256), ("adversarial", 64, 150, 320),
             ("big", 64, 120, 320), ("full", 16, 2048, 256), ("adversarial", 1, 60, 320), ("big", 3, 40, 320)]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: one torch thread is faster, and does not fight the interpreter for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

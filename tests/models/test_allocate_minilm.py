@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -40,17 +40,8 @@ CALIBRATION = DATA.joinpath("calibration.txt").read_text().splitlines()
 CANDIDATES = al.candidate_space((4, 8), clips=(1.0, 0.9))
 MAX_ROWS = 256
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Thousands of small operations: one thread is about as fast on an idle machine, and on a busy one two
-    OpenMP threads competing for cores made this test ~30x slower (measured: 275 s against 8 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

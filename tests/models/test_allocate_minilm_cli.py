@@ -10,11 +10,9 @@ bytes equal the bytes the command reported.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 import glassquant as gq
 from glassquant import cli
@@ -27,15 +25,8 @@ DATA = Path(__file__).parent / "data"
 SENTENCES = DATA.joinpath("sentences.txt").read_text().splitlines()
 FLOAT_BYTES = 43_057_152  # 4 bytes x the 10,764,288 weights of the 37 Linear layers
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # many small calls: see test_allocate_minilm.py
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_cli_allocate_minilm_budget(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import argparse
 import copy
 import itertools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
@@ -29,6 +29,8 @@ from glassquant.analysis.allocate_cli import allocate_command, plot_pricetag_cur
 from glassquant.analysis.lagrangian import budget_point, fill_budget, lagrangian_choice, lagrangian_path, lower_hull
 from glassquant.demo import digits
 from glassquant.nn.weight_only import PackedWeightOnlyLinear
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 DUMMY = al.Candidate(4, "per_channel")
 
@@ -99,14 +101,6 @@ def test_lagrangian_worked_example_and_bad_lambda() -> None:
 
 # ----- digits MLP: measured distortion, the Pareto claim, apply / save / load -----------------------------------
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Many small operations: one thread, so that a busy machine cannot stall OpenMP (as under xdist)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -26,21 +26,13 @@ from glassquant.fixedpoint import (
     split_shift,
 )
 
+from gq_testing import int32_edges
+
 I32_MIN, I32_MAX = -(2**31), 2**31 - 1
 
 
-def _edges() -> list[int]:
-    """±2**k ± {0, 1, 2} for k in 0..31, clipped to int32, plus 0 and the int32 limits."""
-    vals = {0, I32_MIN, I32_MAX}
-    for k in range(32):
-        for d in (-2, -1, 0, 1, 2):
-            for v in (2**k + d, -(2**k) + d):
-                if I32_MIN <= v <= I32_MAX:
-                    vals.add(v)
-    return sorted(vals)
 
-
-EDGES = _edges()
+EDGES = int32_edges()
 _RNG = random.Random(20261128)
 RANDOM = [_RNG.randint(I32_MIN, I32_MAX) for _ in range(300)]
 VALUES = EDGES + RANDOM

@@ -19,6 +19,8 @@ from glassquant import fixedpoint
 from glassquant.dialects import integer
 from glassquant.errors import AccumulatorOverflowError
 
+from gq_testing import int32_edges
+
 I32_MIN, I32_MAX = -(2**31), 2**31 - 1
 
 
@@ -53,22 +55,13 @@ def _dialect_rq(accs: list[int], m: int, rs: int, zy: int = 0, qmin: int = -128,
     return integer.requantize(torch.tensor(accs, dtype=torch.int64), m, rs, zy, qmin, qmax)
 
 
-def _edges() -> list[int]:
-    vals = {0, I32_MIN, I32_MAX}
-    for k in range(32):
-        for d in (-2, -1, 0, 1, 2):
-            for v in (2**k + d, -(2**k) + d):
-                if I32_MIN <= v <= I32_MAX:
-                    vals.add(v)
-    return sorted(vals)
-
 
 # ----------------------------------------------------------------------------- requantize
 
 
 @pytest.mark.parametrize("rs", [0, 1, 2, 7, 15, 24, 30, 31])
 def test_requantize_equals_exact_rational_on_edge_accumulators(rs: int) -> None:
-    accs = _edges()
+    accs = int32_edges()
     rng = random.Random(rs)
     multipliers = [2**30, 2**30 + 1, 2**31 - 1, 2**31 - 2, 3 * 2**29, *[rng.randrange(2**30, 2**31) for _ in range(4)]]
     compared = 0
@@ -112,15 +105,15 @@ def test_multiplier_near_one_becomes_an_exact_left_shift() -> None:
     # 1 - 2**-40 rounds (half away) to a Q31 mantissa of 2**31: renormalized to (2**30, shift 1) = exactly 1.0
     m, rs = integer.requantize_params(1.0, 1.0 - 2**-40, 1.0, 1)
     assert (int(m), int(rs)) == (2**30, -1)
-    accs = [a for a in _edges() if a != I32_MIN]
+    accs = [a for a in int32_edges() if a != I32_MIN]
     assert torch.equal(_dialect_rq(accs, 2**30, -1, 0, -128, 127),
                        torch.tensor(accs).clamp(-128, 127).to(torch.int8))
     # the largest multiplier below 1: 2**31 - 1 with right_shift 0, exact at the int32 limits
     m1, rs1 = integer.requantize_params(1.0, 1.0 - 2**-31, 1.0, 1)
     assert (int(m1), int(rs1)) == (2**31 - 1, 0)
     for zy in (-128, 0, 127):
-        got = _dialect_rq(_edges(), 2**31 - 1, 0, zy)
-        assert got.tolist() == [ref_requantize(a, 2**31 - 1, 0, zy, -128, 127) for a in _edges()]
+        got = _dialect_rq(int32_edges(), 2**31 - 1, 0, zy)
+        assert got.tolist() == [ref_requantize(a, 2**31 - 1, 0, zy, -128, 127) for a in int32_edges()]
     big = torch.tensor([I32_MAX, I32_MIN, 2**30 + 1, -(2**30) - 1])
     scaled = fixedpoint.requantize_single_rounding(big, 2**31 - 1, 0)  # the value before zy and the clamp
     assert scaled.tolist() == [ref_round(Fraction(int(a) * (2**31 - 1), 2**31)) for a in big]
@@ -139,7 +132,7 @@ def test_multiplier_above_one_overflowing_int32_is_an_error() -> None:
 def test_tiny_multipliers_right_shift_31_and_flush_to_zero() -> None:
     m, rs = integer.requantize_params(1.0, 1.5 * 2**-32, 1.0, 1)  # 1.5 * 2**-32 = 0.75 * 2**-31
     assert (int(m), int(rs)) == (3 * 2**29, 31)
-    accs = _edges()
+    accs = int32_edges()
     got = _dialect_rq(accs, int(m), 31, 0)
     assert got.tolist() == [ref_requantize(a, int(m), 31, 0, -128, 127) for a in accs]
     assert _dialect_rq([I32_MIN, I32_MAX], int(m), 31).tolist() == [-1, 1]  # -1.5 -> -1 (tie up), 1.4999.. -> 1
