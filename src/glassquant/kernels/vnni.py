@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +30,7 @@ from torch import Tensor
 from ..dialects import torchao
 from ..dialects._base import as_column
 from ..floatops import f32
+from ._cache import PlanCache
 from ._libs import load_extension
 
 __all__ = ["Plan", "PlanCache", "accepts", "available", "im2col_u8", "plan_dynamic", "plan_onednn_conv",
@@ -107,41 +107,6 @@ class Plan:
     def nbytes(self) -> int:
         """Bytes this plan adds to the layer beyond ``w_q`` (column sums, per-channel float32 constants)."""
         return sum(t.numel() * t.element_size() for t in self.tensors[1:])
-
-
-class PlanCache:
-    """A layer's plan, or the fact that it has none, rebuilt when the layer's tensors or settings change.
-
-    The check runs on every call, so it is plain attribute tests: the same four tensor objects
-    (``w_q``, ``w_scale``, ``w_zero_point``, ``bias``), their in-place version counters, the same
-    settings tuple. Not copied with the layer (``copy``/``deepcopy``/pickle give an empty cache): a
-    plan holds raw pointers into the tensors it was built from.
-    """
-
-    def __init__(self) -> None:
-        self._key: tuple[object, ...] | None = None
-        self._plan: Plan | None = None
-
-    def get(self, w_q: Tensor, w_scale: Tensor, w_zero_point: Tensor, bias: Tensor | None,
-            meta: tuple[object, ...], build: Callable[[], Plan | None]) -> Plan | None:
-        k = self._key
-        if k is not None and k[0] is w_q and k[1] is w_scale and k[2] is w_zero_point and k[3] is bias \
-                and k[4] == w_q._version and k[5] == w_scale._version and k[6] == w_zero_point._version \
-                and (bias is None or k[7] == bias._version) and k[8] == meta:
-            return self._plan
-        self._plan = build()
-        self._key = (w_q, w_scale, w_zero_point, bias, w_q._version, w_scale._version, w_zero_point._version,
-                     -1 if bias is None else bias._version, meta)
-        return self._plan
-
-    def __copy__(self) -> PlanCache:
-        return PlanCache()
-
-    def __deepcopy__(self, memo: dict[int, object]) -> PlanCache:
-        return PlanCache()
-
-    def __getstate__(self) -> dict[str, object]:
-        return {"_key": None, "_plan": None}
 
 
 def _plan(w_q: Tensor, w_scale: Tensor, bias: Tensor | None, act: int, out: int, relu: bool,

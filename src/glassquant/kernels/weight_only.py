@@ -24,15 +24,15 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from ._cache import PlanCache
 from ._libs import load_extension
 
-__all__ = ["GEMV_MAX_ROWS", "Grid", "GridCache", "available", "dequantize", "linear", "release_scratch", "scratch",
+__all__ = ["GEMV_MAX_ROWS", "Grid", "PlanCache", "available", "dequantize", "linear", "release_scratch", "scratch",
            "usable"]
 
 #: Rows up to which :func:`linear` (the streaming kernel) is used; above, dequantize + the reference matmul.
@@ -172,36 +172,6 @@ def dequantize(grid: Grid, out: Tensor | None = None) -> Tensor:
     _LIB.gq_wo_dequantize(grid.codes.data_ptr(), grid.codes.numel(), grid.bits, grid.n, grid.k,
                           grid.scale.data_ptr(), _ptr(grid.zero_point), grid.group, grid.row_groups, out.data_ptr())
     return out
-
-
-class GridCache:
-    """A layer's :class:`Grid`, rebuilt when one of its tensors is replaced or changed in place.
-
-    Holds the tensors it was built from and their version counters (plain attribute tests on
-    every call). Not copied with the layer: ``copy``/``deepcopy`` give an empty cache.
-    """
-
-    def __init__(self) -> None:
-        self._key: tuple[object, ...] | None = None
-        self._grid: Grid | None = None
-
-    def get(self, tensors: tuple[Tensor | None, ...], build: Callable[[], Grid | None]) -> Grid | None:
-        key = tuple(x for t in tensors for x in ((None, -1) if t is None else (t, t._version)))
-        old = self._key
-        if old is not None and len(old) == len(key) and all(
-                (a is b) if i % 2 == 0 else (a == b) for i, (a, b) in enumerate(zip(old, key, strict=True))):
-            return self._grid
-        self._grid, self._key = build(), key
-        return self._grid
-
-    def __copy__(self) -> GridCache:
-        return GridCache()
-
-    def __deepcopy__(self, memo: dict[int, object]) -> GridCache:
-        return GridCache()
-
-    def __getstate__(self) -> dict[str, object]:
-        return {"_key": None, "_grid": None}
 
 
 def usable(x: Tensor) -> bool:

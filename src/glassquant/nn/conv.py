@@ -281,7 +281,7 @@ class _QuantConvNd(QuantModule):
                 f"{name}: worst-case |accumulator| {self.accumulator_bound} > 2**31 - 1 for "
                 f"{w_q[0].numel()} terms per output; some uint8 input would overflow int32")
         self._packed: list[PackedWeight] | None = None
-        self._vnni = vnni.PlanCache()
+        self._vnni: vnni.PlanCache[vnni.Plan] = vnni.PlanCache()
 
     @property
     def in_channels(self) -> int:

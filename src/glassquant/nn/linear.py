@@ -115,7 +115,7 @@ class QuantLinear(QuantModule):
                 f"{name}: worst-case |accumulator| {self.accumulator_bound} > 2**31 - 1 for K = "
                 f"{w_q.shape[1]}; some uint8 input would overflow int32. Use reduce_range or split K.")
         self._packed: PackedWeight | None = None
-        self._vnni = vnni.PlanCache()
+        self._vnni: vnni.PlanCache[vnni.Plan] = vnni.PlanCache()
 
     @property
     def in_features(self) -> int:
@@ -253,7 +253,7 @@ class DynamicQuantLinear(QuantModule):
         if bound > INT32_MAX:
             raise AccumulatorOverflowError(f"{name}: worst-case |accumulator| {bound} > 2**31 - 1")
         self._packed: PackedWeight | None = None
-        self._vnni = vnni.PlanCache()
+        self._vnni: vnni.PlanCache[vnni.Plan] = vnni.PlanCache()
 
     @property
     def in_features(self) -> int:

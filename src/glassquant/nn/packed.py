@@ -245,7 +245,7 @@ class PackedWeightOnlyLinear(QuantModule):
         self.register_buffer("w_scale", w_scale.contiguous())
         self.register_buffer("w_zero_point", w_zero_point.detach().contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).clone())
-        self._grid = wo_kernels.GridCache()
+        self._grid: wo_kernels.PlanCache[wo_kernels.Grid] = wo_kernels.PlanCache()
 
     def _kernel_grid(self) -> wo_kernels.Grid | None:
         """The packed codes as the compiled kernels read them; the zero points unpacked once (G bytes)."""
@@ -256,7 +256,7 @@ class PackedWeightOnlyLinear(QuantModule):
             row_groups = {"per_tensor": 0, "per_channel": 1}.get(self.granularity, k // (self.group_size or k))
             return wo_kernels.Grid(self.w_q, self.bits, n, k, self.w_scale.reshape(-1).contiguous(),
                                    self.zero_points().reshape(-1).contiguous(), self.group_size or k, row_groups)
-        return self._grid.get((self.w_q, self.w_scale, self.w_zero_point, self.bias), build)
+        return self._grid.get(self.w_q, self.w_scale, self.w_zero_point, self.bias, (), build)
 
     def codes(self) -> Tensor:
         """The unpacked weight codes, uint8 (N, K) in [0, 2**bits - 1]."""

@@ -143,7 +143,7 @@ class WeightOnlyLinear(QuantModule):
         self.register_buffer("w_scale", w_scale.contiguous())
         self.register_buffer("w_zero_point", None if w_zero_point is None else w_zero_point.detach().contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).clone())
-        self._grid = wo_kernels.GridCache()
+        self._grid: wo_kernels.PlanCache[wo_kernels.Grid] = wo_kernels.PlanCache()
 
     @property
     def in_features(self) -> int:
@@ -162,7 +162,7 @@ class WeightOnlyLinear(QuantModule):
             assert self.w_zero_point is not None
             return wo_kernels.Grid(self.w_q.reshape(-1), 4, n, k, self.w_scale.reshape(-1),
                                    self.w_zero_point.reshape(-1), self.group_size, k // self.group_size)
-        return self._grid.get((self.w_q, self.w_scale, self.w_zero_point, self.bias), build)
+        return self._grid.get(self.w_q, self.w_scale, self.w_zero_point, self.bias, (), build)
 
     @property
     def out_features(self) -> int:
