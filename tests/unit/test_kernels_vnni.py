@@ -447,11 +447,21 @@ def test_quantize_u8_equals_pytorch_quantize(scale: float, zero_point: int) -> N
 
 @needs_vnni
 def test_static_layers_name_non_finite_inputs() -> None:
-    lin = QuantLinear.from_float(nn.Linear(16, 8), 0.05, 0, 0.1, 0)
+    lin = QuantLinear.from_float(nn.Linear(16, 8), 0.05, 0, 0.1, 0, name="fc7")
     x = torch.randn(2, 16)
     x[1, 3] = float("nan")
-    with pytest.raises(ValueError, match="input"):
+    with pytest.raises(ValueError, match="fc7: input: contains 1 NaN"):
         lin.quantize_input(x)
+    from glassquant.nn.conv import QuantConv2d
+
+    conv = QuantConv2d.from_float(nn.Conv2d(3, 8, 3, padding=1), 0.05, 0, 0.1, 0, name="conv3")
+    img = torch.randn(2, 3, 5, 5)
+    img[0, 1, 2, 2] = float("inf")
+    with pytest.raises(ValueError, match="conv3: input: contains 0 NaN and 1 Inf"):
+        conv(img)
+    # an empty batch keeps the torch path and gives an empty output of the right shape
+    assert conv(torch.zeros(0, 3, 5, 5)).shape == (0, 8, 5, 5)
+    assert conv.forward_int(torch.zeros(0, 3, 5, 5, dtype=torch.uint8)).shape == (0, 8, 5, 5)
 
 
 @pytest.mark.needs_cc
